@@ -1,0 +1,94 @@
+"""Callbacks every run uses: sample grids in the run dir (and the logger), and training throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from dgmrun.io import picture, sample_in_batches, save_png
+from dgmrun.models.base import GenerativeModel
+
+
+def log_image(logger: Any, key: str, array: Any, step: int) -> None:
+    """Send a picture to loggers that show images (wandb, tensorboard); others ignore it."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=key, images=[array], step=step)
+    elif isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, array, step, dataformats="HW" if array.ndim == 2 else "HWC")
+
+
+class SampleGrids(pl.Callback):
+    """``samples/epoch_XXXX.png`` every ``every_n_epochs`` epochs, and at the end ``samples/final.png``
+    plus the model's own figures (reconstructions, interpolations, ...). The same noise seed every
+    time, so the grids show one set of samples improving."""
+
+    def __init__(self, dirpath: str | Path, num: int = 64, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 256):
+        self.dirpath, self.num, self.every_n_epochs = Path(dirpath), num, every_n_epochs
+        self.seed, self.batch_size = seed, batch_size
+
+    def _samples(self, model: GenerativeModel) -> torch.Tensor:
+        generator = torch.Generator(model.device).manual_seed(self.seed)
+        was_training = model.training
+        model.eval()
+        try:
+            return sample_in_batches(model.sample, self.num, self.batch_size, generator)
+        finally:
+            model.train(was_training)
+
+    def _write(self, trainer: pl.Trainer, name: str, images: torch.Tensor) -> None:
+        array = picture(images, nrow=8 if images.dim() == 4 and len(images) % 8 == 0 else None)
+        save_png(self.dirpath / f"{name}.png", array)
+        for logger in trainer.loggers:
+            log_image(logger, f"samples/{name.split('_')[0]}", array, trainer.global_step)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: GenerativeModel) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not trainer.sanity_checking:
+            self._write(trainer, f"epoch_{epoch:04d}", self._samples(pl_module))
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: GenerativeModel) -> None:
+        self._write(trainer, "final", self._samples(pl_module))
+        batch = next(iter(trainer.datamodule.val_dataloader()), None) if trainer.datamodule else None
+        if batch is not None:
+            was_training = pl_module.training
+            pl_module.eval()
+            figures = pl_module.figures(batch[0].to(pl_module.device))
+            pl_module.train(was_training)
+            for name, images in figures.items():
+                self._write(trainer, name, images)
+
+
+class Throughput(pl.Callback):
+    """``perf/train_samples_per_s``: examples per second of training-step time (data + step), per epoch."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    @property
+    def samples_per_s(self) -> float | None:
+        return self.samples / self.seconds if self.seconds > 0 else None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()  # GPU work is asynchronous: wait for the step before stopping the clock
+        self.seconds += time.perf_counter() - self._start
+        self.samples += len(batch[0]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.samples_per_s is not None:
+            pl_module.log("perf/train_samples_per_s", self.samples_per_s, rank_zero_only=True)

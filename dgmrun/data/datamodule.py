@@ -1,0 +1,529 @@
+"""LightningDataModules: every dataset as (x, y) batches; x float32, y int64 (-1 when unlabelled).
+
+Images are in [0, 1] with shape (N, C, H, W); toy2d points are (N, 2). The in-memory sets live on the
+training device and are sliced there (``DeviceBatches``): no DataLoader, no workers, no host-to-device
+copy per step. Only ``ImageFolder`` decodes files on the fly through a DataLoader.
+
+Randomness is derived from the run ``seed`` with ``derive_seed(seed, purpose, ...)`` so that every
+purpose (split, shuffle of epoch e, binarization, ...) has its own stream, and each is reproducible on
+its own (e.g. the order of epoch e after resuming from a checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from dgmrun.data import readers
+from dgmrun.data.info import DataInfo
+from dgmrun.errors import DgmrunError
+
+Batch = tuple[Tensor, Tensor]
+SPLITS = ("train", "val", "test")
+BINARIZE_MODES = ("none", "static", "dynamic")
+# Seeds what must not depend on the run seed: the one Bernoulli draw of validation/test data under
+# dynamic binarization, and the test images of sets without an official test split. Test NLLs of
+# runs with different seeds are then measured on identical data and can be compared.
+EVAL_SEED = 20240601
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from a tuple of ints and strings: an independent stream per (seed, purpose, ...)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def bernoulli(x: Tensor, seed: int) -> Tensor:
+    """x ~ Bernoulli(x), drawn reproducibly from ``seed``."""
+    return torch.bernoulli(x, generator=make_generator(seed, x.device))
+
+
+def fixed_binarization_seed(mode: str, seed: int, evaluating: bool) -> int | None:
+    """Seed of the fixed Bernoulli draw of an example, or None: used as is (``none``) or redrawn per batch
+    (``dynamic`` training data). Combine it with an example's identity so each example has its own draw."""
+    if mode == "static":
+        return derive_seed(seed, "static")
+    if mode == "dynamic" and evaluating:
+        return derive_seed(EVAL_SEED, "binarize")
+    return None
+
+
+def carve(indices: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(rest, carved): round(fraction * n) of the indices picked at random; both sorted."""
+    perm = indices[torch.randperm(len(indices), generator=make_generator(seed))]
+    k = round(fraction * len(indices))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float = 0.0) -> dict[str, Tensor]:
+    """Disjoint train/val/test indices covering range(n). The test part is drawn with EVAL_SEED (the
+    same for every run), the validation part from the rest with the run seed."""
+    rest, test = carve(torch.arange(n), test_fraction, derive_seed(EVAL_SEED, "test"))
+    train, val = carve(rest, val_fraction, derive_seed(seed, "val"))
+    return {"train": train, "val": val, "test": test}
+
+
+def _check_fractions(**fractions: float) -> None:
+    for key, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise DgmrunError(f"data.{key} must be in [0, 1), not {value}")
+    if sum(fractions.values()) >= 1.0:
+        raise DgmrunError(f"data.{' + data.'.join(fractions)} must leave some training data (sum < 1)")
+
+
+def _check_binarize(mode: str) -> str:
+    if mode not in BINARIZE_MODES:
+        raise DgmrunError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}, not {mode!r}")
+    return mode
+
+
+def _to_unit(x: Tensor) -> Tensor:
+    """uint8 images to float32 in [0, 1]; float images (already in [0, 1]) pass through."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+class RunState(NamedTuple):
+    """What batching reads from the trainer: the epoch (for the shuffle) and the DDP rank and size."""
+
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+
+class DeviceBatches:
+    """(x, y) batches sliced from tensors that already sit on the training device.
+
+    Training (``train=True``): each epoch a permutation from a generator seeded by (seed, epoch), the
+    same on every rank; rank r takes ``perm[r::world_size]``, cut so all ranks hold the same number of
+    examples, in full batches only (the remainder is dropped, so all ranks take the same number of
+    steps; a rank with fewer examples than a batch gets one short batch rather than none).
+    ``transform(x, generator)`` then runs on each batch, on the device, with a generator seeded by
+    (seed, epoch, rank) - used for dynamic binarization.
+
+    Evaluation (``train=False``): in order, every example exactly once, no padding. On one device,
+    batches of ``batch_size`` with a short last batch. Under DDP, rank r takes ``arange(n)[r::world_size]``
+    (shards differ in length by at most one) cut into the same number of batches on every rank, so the
+    ranks stay in step; batches then hold at most ``batch_size`` examples.
+
+    The state (epoch, rank, world size) is read when iteration starts, from ``state()``.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        state: Callable[[], RunState] = RunState,
+        transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.train, self.seed, self.state, self.transform = train, seed, state, transform
+
+    def _num_batches(self, st: RunState) -> int:
+        n, bs = len(self.x), self.batch_size
+        if self.train:
+            per_rank = n // st.world_size
+            return max(per_rank // bs, min(per_rank, 1))
+        return math.ceil(math.ceil(n / st.world_size) / bs)
+
+    def batch_indices(self, st: RunState) -> list[Tensor]:
+        """The (CPU) index tensors of this rank's batches, in order."""
+        n, bs, k = len(self.x), self.batch_size, self._num_batches(st)
+        if self.train:
+            perm = torch.randperm(n, generator=make_generator(derive_seed(self.seed, "shuffle", st.epoch)))
+            shard = perm[st.rank :: st.world_size][: n // st.world_size]
+            return [shard[i * bs : (i + 1) * bs] for i in range(k)]
+        shard = torch.arange(st.rank, n, st.world_size)
+        if k == 0:
+            return []
+        return list(shard.split(bs)) if st.world_size == 1 else list(torch.tensor_split(shard, k))
+
+    def __len__(self) -> int:
+        return self._num_batches(self.state())
+
+    def __iter__(self) -> Iterator[Batch]:
+        st = self.state()
+        device = self.x.device
+        generator = None
+        if self.transform is not None:
+            generator = make_generator(derive_seed(self.seed, "transform", st.epoch, st.rank), device)
+        for idx in self.batch_indices(st):
+            idx = idx.to(device)
+            xb = self.x[idx]
+            if self.transform is not None:
+                xb = self.transform(xb, generator)
+            yield xb, self.y[idx]
+
+
+def _dynamic_binarize(x: Tensor, generator: torch.Generator) -> Tensor:
+    return torch.bernoulli(x, generator=generator)
+
+
+class BaseDataModule(LightningDataModule):
+    """What every dataset shares: batch sizes, seed, the cached ``load()`` and ``info``, the run state."""
+
+    def __init__(self, name: str, batch_size: int, eval_batch_size: int, seed: int) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise DgmrunError(
+                f"data.batch_size and data.eval_batch_size must be >= 1, not {batch_size} and {eval_batch_size}"
+            )
+        self.name = name
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self._info: DataInfo | None = None
+
+    def _load(self) -> DataInfo:
+        """Read the data (on the CPU) and describe it; called once."""
+        raise NotImplementedError
+
+    def load(self) -> None:
+        """Read everything on the CPU; idempotent (the data is cached)."""
+        if self._info is None:
+            self._info = self._load()
+
+    @property
+    def info(self) -> DataInfo:
+        self.load()
+        assert self._info is not None
+        return self._info
+
+    def run_state(self) -> RunState:
+        trainer = self.trainer
+        if trainer is None:
+            return RunState()
+        return RunState(trainer.current_epoch, trainer.global_rank, trainer.world_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _loader(self, split: str) -> Iterable[Batch]:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> Iterable[Batch]:
+        return self._loader("train")
+
+    def val_dataloader(self) -> Iterable[Batch]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> Iterable[Batch]:
+        return self._loader("test")
+
+    def _split_tensors(self, split: str) -> Batch:
+        raise NotImplementedError
+
+    def split_tensors(self, split: str) -> Batch:
+        """CPU (x, y) of "train", "val" or "test" (reference data for metrics). Val and test are
+        binarized as the model sees them; under dynamic binarization "train" holds the grey levels
+        (the Bernoulli means)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        self.load()
+        return self._split_tensors(split)
+
+
+class ImageOptions:
+    """Options shared by the in-memory image sets and ImageFolder: the split and the binarization."""
+
+    binarize: str
+    split_indices: dict[str, Tensor]
+
+    def _set_image_options(self, val_fraction: float, test_fraction: float, binarize: str) -> None:
+        _check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.binarize = _check_binarize(binarize)
+        self.split_indices = {}  # each split's indices into its pool of images
+
+    def _levels(self, raw_levels: int) -> int:
+        return 2 if self.binarize != "none" else raw_levels
+
+
+class InMemoryDataModule(BaseDataModule):
+    """Sets small enough to hold whole on the device: ``_load`` fills ``self._cpu[split] = (x, y)``."""
+
+    # Applied to each training batch on the device, e.g. dynamic binarization.
+    train_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None
+
+    def __init__(self, name: str, batch_size: int, eval_batch_size: int, seed: int) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed)
+        self._cpu: dict[str, Batch] = {}
+        self._on_device: dict[str, Batch] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if not self._on_device or self._on_device["train"][0].device != device:
+            self._on_device = {s: (x.to(device), y.to(device)) for s, (x, y) in self._cpu.items()}
+
+    def _loader(self, split: str) -> DeviceBatches:
+        if not self._on_device:  # used outside a Trainer
+            self.setup()
+        x, y = self._on_device[split]
+        train = split == "train"
+        return DeviceBatches(
+            x,
+            y,
+            self.batch_size if train else self.eval_batch_size,
+            train=train,
+            seed=self.seed,
+            state=self.run_state,
+            transform=self.train_transform if train else None,
+        )
+
+    def _split_tensors(self, split: str) -> Batch:
+        return self._cpu[split]
+
+
+class ImageDataModule(ImageOptions, InMemoryDataModule):
+    """Labelled image sets held in memory. Subclasses say how to read them (``_read_pools``) and their
+    grey levels; this class splits, binarizes and describes them.
+
+    Binarization is per image, independent of the split the image lands in: ``static`` draws each image
+    once from the run seed; ``dynamic`` redraws training images every batch, while validation and test
+    images get one draw from EVAL_SEED, whatever the run seed.
+    """
+
+    levels = 256  # grey levels of the raw data
+    num_classes = 10
+
+    def __init__(
+        self,
+        name: str,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        val_fraction: float,
+        binarize: str,
+        test_fraction: float = 0.0,
+    ) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed)
+        # split_indices["test"] indexes the official test set when there is one, else the one pool.
+        self._set_image_options(val_fraction, test_fraction, binarize)
+        if binarize == "dynamic":
+            self.train_transform = _dynamic_binarize
+
+    def _read_pools(self) -> tuple[Batch, Batch | None]:
+        """(training pool, official test set or None); images uint8 or float in [0, 1]."""
+        raise NotImplementedError
+
+    def _load(self) -> DataInfo:
+        train_pool, test_pool = self._read_pools()
+        self.split_indices = split_indices(len(train_pool[0]), self.seed, self.val_fraction, self.test_fraction)
+        pools, source = {"train": train_pool}, {"train": "train", "val": "train", "test": "train"}
+        if test_pool is not None:
+            pools["test"], source["test"] = test_pool, "test"
+            self.split_indices["test"] = torch.arange(len(test_pool[0]))
+        views: dict[tuple[str, bool], Tensor] = {}  # (pool, evaluating) -> the images as the model sees them
+        for split in SPLITS:
+            key = (source[split], split != "train")
+            if key not in views:
+                x = _to_unit(pools[key[0]][0])
+                seed = fixed_binarization_seed(self.binarize, self.seed, key[1])
+                views[key] = x if seed is None else bernoulli(x, derive_seed(seed, key[0]))
+            idx = self.split_indices[split]
+            self._cpu[split] = (views[key][idx], pools[key[0]][1][idx].long())
+        shape = tuple(self._cpu["train"][0].shape[1:])
+        return DataInfo(self.name, shape, self.num_classes, self._levels(self.levels))
+
+
+class Digits(ImageDataModule):
+    """scikit-learn's 1797 digits, 1×8×8 on the grid k/16 (levels 17), no official test split."""
+
+    levels = 17
+
+    def __init__(
+        self,
+        name: str = "digits",
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        binarize: str = "dynamic",
+    ) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed, val_fraction, binarize, test_fraction)
+
+    def _read_pools(self) -> tuple[Batch, Batch | None]:
+        return readers.read_digits(), None
+
+
+class FileImageDataModule(ImageDataModule):
+    """Image sets read from official files under ``root``, with an official test split."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        binarize: str = "none",
+    ) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed, val_fraction, binarize)
+        self._check_name(name)
+        self.root = str(readers.resolve_root(root))  # now, while cwd is still the launch dir
+
+    def _check_name(self, name: str) -> None:
+        """Reject a name the class cannot read (at construction, not at the first batch)."""
+
+    def _read(self) -> dict[str, Batch]:
+        raise NotImplementedError
+
+    def _read_pools(self) -> tuple[Batch, Batch | None]:
+        splits = self._read()
+        return splits["train"], splits["test"]
+
+
+class MNISTLike(FileImageDataModule):
+    """MNIST, Fashion-MNIST or KMNIST (``name``: mnist | fashion_mnist | kmnist): 1×28×28, 10 classes."""
+
+    def _check_name(self, name: str) -> None:
+        readers.check_mnist_name(name)
+
+    def _read(self) -> dict[str, Batch]:
+        return readers.read_mnist_like(self.name, self.root)
+
+
+class CIFAR10(FileImageDataModule):
+    """CIFAR-10 from the official python batches: 3×32×32, 10 classes."""
+
+    def _read(self) -> dict[str, Batch]:
+        return readers.read_cifar10(self.root)
+
+
+class Toy2D(InMemoryDataModule):
+    """2-D point sets (see ``readers.sample_toy2d``); each split drawn from its own seeded generator."""
+
+    def __init__(
+        self,
+        name: str = "toy2d",
+        shape: str = "8gaussians",
+        num_train: int = 100_000,
+        num_val: int = 2500,
+        num_test: int = 2500,
+        noise: float | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int = 500,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed)
+        readers.toy2d_modes(shape, noise)  # reject an unknown shape now, not at the first batch
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        if num_train < 1 or num_val < 0 or num_test < 0:
+            raise DgmrunError(f"data.num_train must be >= 1 and num_val, num_test >= 0, not {self.sizes}")
+        self.shape, self.noise = shape, noise
+
+    def modes(self) -> tuple[Tensor, float]:
+        """(centers K×2, std) of the mixture; K = 0 for shapes that are not mixtures."""
+        return readers.toy2d_modes(self.shape, self.noise)
+
+    def _load(self) -> DataInfo:
+        for split, n in self.sizes.items():
+            generator = make_generator(derive_seed(self.seed, "toy2d", split))
+            self._cpu[split] = readers.sample_toy2d(self.shape, n, generator, self.noise)
+        return DataInfo(self.name, (2,), len(self.modes()[0]), None)
+
+
+class ImageFiles(Dataset):
+    """Images decoded from files on demand; ``ids`` are the images' indices in the whole folder's
+    sorted list, which seed their fixed binarization (so an image's draw does not depend on its split)."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        ids: list[int],
+        image_size: int,
+        channels: int,
+        binarize_seed: int | None,
+        dynamic: bool,
+    ) -> None:
+        self.paths, self.ids = paths, ids
+        self.image_size, self.channels = image_size, channels
+        self.binarize_seed, self.dynamic = binarize_seed, dynamic
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        j = self.ids[i]
+        x = _to_unit(readers.load_image(self.paths[j], self.image_size, self.channels))
+        if self.binarize_seed is not None:
+            x = bernoulli(x, derive_seed(self.binarize_seed, j))
+        elif self.dynamic:
+            x = torch.bernoulli(x)  # worker RNG: seeded by the DataLoader from the global seed
+        return x, -1
+
+
+class ImageFolder(ImageOptions, BaseDataModule):
+    """Unlabelled PNG/JPEG images under ``root`` (recursively), resized and centre-cropped to
+    ``image_size``; read by a DataLoader with ``num_workers`` (Lightning adds the DistributedSampler)."""
+
+    def __init__(
+        self,
+        name: str = "image_folder",
+        root: str = "data/images",
+        image_size: int = 64,
+        channels: int = 3,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        binarize: str = "none",
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed)
+        self._set_image_options(val_fraction, test_fraction, binarize)
+        if channels not in readers.IMAGE_MODES or image_size < 1:
+            raise DgmrunError(f"data.channels must be 1 or 3 and data.image_size >= 1, not {channels} and {image_size}")
+        self.root = str(readers.resolve_root(root))
+        self.image_size, self.channels, self.num_workers = image_size, channels, num_workers
+        self.paths: list[Path] = []
+
+    def _load(self) -> DataInfo:
+        self.paths = readers.list_images(self.root)
+        self.split_indices = split_indices(len(self.paths), self.seed, self.val_fraction, self.test_fraction)
+        return DataInfo(self.name, (self.channels, self.image_size, self.image_size), 0, self._levels(256))
+
+    def _dataset(self, split: str, dynamic: bool = False) -> ImageFiles:
+        self.load()
+        seed = fixed_binarization_seed(self.binarize, self.seed, evaluating=split != "train")
+        ids = self.split_indices[split].tolist()
+        return ImageFiles(self.paths, ids, self.image_size, self.channels, seed, dynamic)
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        dataset = self._dataset(split, dynamic=train and self.binarize == "dynamic")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            # Full training batches, like the in-memory sets, unless that would leave none at all.
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=make_generator(derive_seed(self.seed, "shuffle")) if train else None,
+        )
+
+    def _split_tensors(self, split: str) -> Batch:
+        dataset = self._dataset(split)
+        loader = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        batches = list(loader)
+        if not batches:
+            return torch.empty(0, *self.info.shape), torch.empty(0, dtype=torch.int64)
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])

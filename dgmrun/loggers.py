@@ -1,0 +1,70 @@
+"""Logger set-up: wandb that goes offline by itself, and flat config keys for every logger."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"latent_dim": 16}} -> {"model.latent_dim": 16}, so dashboards can filter on each key."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def run_name_from_overrides() -> str | None:
+    """``model=vae,data.batch_size=64`` style name from the command line (None outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().job.override_dirname or "defaults"
+
+
+def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto") -> Any:
+    """A Lightning WandbLogger; ``mode=auto`` runs online when logged in, else offline."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
+        if mode == "offline":
+            log.warning("wandb: no credentials found, logging offline; upload later with "
+                        "`wandb sync %s/wandb/offline-run-*`", save_dir)
+    return WandbLogger(project=project, save_dir=save_dir, entity=entity, name=name or run_name_from_overrides(),
+                       group=group, tags=list(tags or []), mode=mode)
+
+
+def finish_loggers(loggers: list[Any], failed: bool) -> None:
+    """Close every logger, also after an error (a wandb run left open hangs and never syncs)."""
+    for logger in loggers:
+        try:
+            logger.finalize("failed" if failed else "success")
+        except Exception as e:  # a logger that cannot close must not hide the run's own outcome
+            log.warning("could not close logger %s: %s", type(logger).__name__, e)
+    if "wandb" in __import__("sys").modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)

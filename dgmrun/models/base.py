@@ -1,0 +1,93 @@
+"""``GenerativeModel``: the one interface the tasks talk to.
+
+A model is a LightningModule (it owns its training step) that also answers three questions:
+
+- ``sample(n, generator)``: a batch in data space (images in [0, 1] as N×C×H×W, points as N×D);
+- ``log_likelihood(x)``: per-example log p(x) in nats (exact, a bound or an estimate), or None;
+- ``nll_estimator``: how that number is obtained (``exact``, ``elbo``, ``importance-k100``, ...).
+
+Evaluation (``test_step``) is generic: it logs ``test/nll`` and, for discrete data, ``test/bpd``
+from ``log_likelihood``, plus whatever ``extra_test_metrics`` a model adds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from dgmrun.data.info import DataInfo
+
+
+class GenerativeModel(pl.LightningModule):
+    def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
+                 scheduler: dict[str, Any] | None = None):
+        super().__init__()
+        self.data_info = DataInfo.from_dict(data_info)
+        self.optimizer_settings = dict(optimizer or {"lr": 1e-3})
+        self.scheduler_settings = dict(scheduler) if scheduler else None
+        # Evaluation settings (the run's `eval` config group); tasks set them before testing.
+        self.eval_settings: dict[str, Any] = {"num_importance_samples": 100, "batch_size": 100}
+        # The resolved run config and provenance, written into every checkpoint by the tasks.
+        self.run_record: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the interface
+    @property
+    def nll_estimator(self) -> str:
+        return "exact"
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor) -> Tensor | None:
+        return None
+
+    def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-example test metrics beyond NLL (e.g. the ELBO)."""
+        return {}
+
+    def figures(self, x: Tensor) -> dict[str, Tensor]:
+        """Image grids to write at the end of training, from a batch of validation data: name -> N×C×H×W."""
+        return {}
+
+    # ------------------------------------------------------------------ shared plumbing
+    def bits_per_dim(self, nll: Tensor) -> Tensor:
+        return nll / (self.data_info.num_dims * math.log(2))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        metrics = dict(self.extra_test_metrics(x))
+        log_px = self.log_likelihood(x)
+        if log_px is not None:
+            metrics["nll"] = -log_px
+            if self.data_info.levels is not None:  # bits/dim is defined for discrete data only
+                metrics["bpd"] = self.bits_per_dim(-log_px)
+        for name, values in metrics.items():
+            self.log(f"test/{name}", values.mean(), batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        settings = self.optimizer_settings
+        optimizer = torch.optim.Adam(self.parameters(), lr=settings["lr"], betas=tuple(settings.get("betas", (0.9, 0.999))),
+                                     weight_decay=settings.get("weight_decay", 0.0))
+        scheduler = self.make_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """``model.scheduler``: cosine decay over the whole run (per step), or step decay (per epoch)."""
+        settings = self.scheduler_settings
+        if settings is None:
+            return None
+        if settings["name"] == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.get("step_size", 10),
+                                               gamma=settings.get("gamma", 0.5))
+        return {"scheduler": step, "interval": "epoch"}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dgmrun"] = self.run_record

@@ -1,0 +1,129 @@
+"""What every task shares: the run record, loggers, the Trainer, and the files at the end of a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+import dgmrun
+from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, read_checkpoint
+from dgmrun.errors import DgmrunError
+from dgmrun.io import write_json
+from dgmrun.loggers import flatten
+
+log = logging.getLogger("dgmrun")
+
+
+def git_commit() -> str | None:
+    """The commit of the dgmrun source tree, when it is a git checkout (with -dirty for local edits)."""
+    source = Path(dgmrun.__file__).parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance() -> dict[str, Any]:
+    return {"dgmrun": dgmrun.__version__, "git_commit": git_commit(), "torch": str(torch.__version__),
+            "lightning": lightning.__version__, "python": platform.python_version(),
+            "command": " ".join(["dgmrun", *sys.argv[1:]])}
+
+
+def run_record(cfg: DictConfig) -> dict[str, Any]:
+    """What a checkpoint carries so that it can be used without anything else."""
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "version": dgmrun.__version__, "provenance": provenance()}
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir).absolute()
+
+
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """(run config with the checkpoint's model and data settings under this command line's, checkpoint)."""
+    from dgmrun.schema import validate
+
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    merged = merge_with_checkpoint(cfg, checkpoint["dgmrun"]["config"], command_line_overrides())
+    validate(merged)
+    return merged, checkpoint
+
+
+def make_loggers(cfg: DictConfig) -> list[Any]:
+    if cfg.get("logger") is None:
+        return []
+    try:
+        logger = instantiate(cfg.logger, _convert_="all")
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    except Exception as e:  # a logging service must never stop training
+        log.warning("logger %s failed to start (%s); continuing with CSV only", cfg.logger.get("_target_"), e)
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(save_dir=str(run_dir(cfg)), name="csv", version="")
+    return [logger]
+
+
+def _prepare_ddp_relaunch() -> None:
+    """Lightning starts ranks > 0 by re-running ``sys.argv`` with ``hydra.run.dir=<run.dir>`` added.
+
+    Make that command reproduce this one job: its own overrides (not the whole sweep of a multirun)
+    and its own output dir (in a multirun, run.dir is not where the job writes), with the extra ranks
+    logging to the console only.
+    """
+    if os.environ.get("LOCAL_RANK") or not HydraConfig.initialized():
+        return  # we are an extra rank already, or not under the command line
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra/job_logging=stdout"]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], **overrides: Any) -> pl.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.update(overrides)
+    if "ddp" in str(trainer_cfg.get("strategy", "")):
+        _prepare_ddp_relaunch()
+    try:
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
+                           default_root_dir=str(run_dir(cfg)), plugins=[AtomicCheckpointIO()])
+    except (ValueError, TypeError, RuntimeError) as e:  # Lightning's word on impossible trainer settings
+        raise DgmrunError(f"trainer settings rejected by Lightning: {e}") from None
+
+
+@rank_zero_only
+def write_run_files(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """metrics.json (flat name -> number or describing string) and provenance.json, then a summary."""
+    out = run_dir(cfg)
+    clean = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in metrics.items() if v is not None}
+    write_json(out / "metrics.json", clean)
+    write_json(out / "provenance.json", provenance())
+    numbers = [f"{k}={v:.4g}" for k, v in sorted(clean.items()) if isinstance(v, float) and k.startswith("test/")]
+    if numbers:
+        print("metrics: " + "  ".join(numbers))
+    print(f"run dir: {out}")
+
+
+def pick_device(cfg: DictConfig) -> torch.device:
+    """For tasks without a Trainer: the GPU unless the trainer config asks for the CPU."""
+    wants_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu"
+    return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")

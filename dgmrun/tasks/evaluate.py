@@ -1,0 +1,36 @@
+"""``task=eval``: recompute a checkpoint's test metrics into this run's metrics.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dgmrun.checkpoint import load_model
+from dgmrun.loggers import finish_loggers
+from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    cfg, _ = config_from_checkpoint(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = load_model(cfg.ckpt_path, map_location=pick_device(cfg), model_overrides=dict(cfg.model))
+    model.eval_settings = dict(cfg.eval)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    loggers = make_loggers(cfg)
+    failed = True
+    try:
+        trainer = make_trainer(cfg, [], loggers)
+        results = trainer.test(model, datamodule=datamodule, verbose=False)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    metrics: dict[str, Any] = dict(results[0]) if results else {}
+    if "test/nll" in metrics:
+        metrics["test/nll_estimator"] = model.nll_estimator
+    metrics["test/checkpoint"] = str(cfg.ckpt_path)
+    write_run_files(cfg, metrics)
+    nll = metrics.get("test/nll")
+    return float(nll) if nll is not None else None

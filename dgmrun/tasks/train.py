@@ -1,0 +1,62 @@
+"""``task=train``: fit, keep the best and last checkpoints, test the best, write samples and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from dgmrun.callbacks import SampleGrids, Throughput
+from dgmrun.checkpoint import build_model, resolve_ckpt_path
+from dgmrun.loggers import finish_loggers
+from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
+
+
+def has_validation_loss(model: pl.LightningModule) -> bool:
+    return type(model).validation_step is not pl.LightningModule.validation_step
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Returns the final validation loss, the objective of hyper-parameter sweeps."""
+    resume_from = None
+    if cfg.ckpt_path is not None:  # resume: same model and data as the checkpoint, loops and optimizer restored
+        cfg, _ = config_from_checkpoint(cfg)
+        resume_from = str(resolve_ckpt_path(cfg.ckpt_path))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = run_dir(cfg)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = build_model(cfg.model, datamodule.info)
+    model.eval_settings = dict(cfg.eval)
+    model.run_record = run_record(cfg)
+
+    validates = has_validation_loss(model)
+    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", save_last=True,
+                                  monitor="val/loss" if validates else None, save_top_k=1 if validates else 0,
+                                  enable_version_counter=False)
+    throughput = Throughput()
+    callbacks = [checkpoints, throughput,
+                 SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size)]
+    loggers = make_loggers(cfg)
+    failed = True
+    try:
+        trainer = make_trainer(cfg, callbacks, loggers)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        metrics["perf/train_samples_per_s"] = throughput.samples_per_s
+        if cfg.task.test:
+            use_best = bool(checkpoints.best_model_path)
+            results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None, verbose=False)
+            metrics.update(results[0] if results else {})
+            metrics["test/checkpoint"] = "best" if use_best else "last"
+            if "test/nll" in metrics:
+                metrics["test/nll_estimator"] = model.nll_estimator
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    write_run_files(cfg, metrics)
+    val_loss = metrics.get("val/loss")
+    return float(val_loss) if val_loss is not None else None

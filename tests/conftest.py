@@ -1,0 +1,65 @@
+"""Shared fixtures: composing configs in process, and running the installed ``dgmrun`` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_SMALL = (REPO / ".." / "shared" / "data" / "mnist-small").resolve()
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The config ``dgmrun <overrides>`` would run with, composed by Hydra's compose API."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="dgmrun.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(list(overrides), tmp_path)
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def dgmrun_command() -> list[str]:
+    exe = shutil.which("dgmrun")
+    if exe is None:
+        pytest.fail("the dgmrun console script is not installed: pip install -e .")
+    return [exe]
+
+
+def run_dgmrun(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would, from ``cwd``."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(dgmrun_command() + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+@pytest.fixture
+def mnist_small() -> Path:
+    if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST digits not found at {MNIST_SMALL} (see ../shared/data/README.md)")
+    return MNIST_SMALL
+
+
+PYTHON = sys.executable
