@@ -21,7 +21,7 @@ from dgmrun.models.base import GenerativeModel
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
-from dgmrun.schema import resolve_vae_choices
+from dgmrun.schema.vae import resolve_vae_choices
 
 LOG_2PI = math.log(2 * math.pi)
 

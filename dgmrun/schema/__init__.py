@@ -1,0 +1,155 @@
+"""Typed configs: the types and sensible ranges of every key, checked before torch is imported.
+
+The YAML files under ``conf/`` hold the values; the dataclasses here hold the types. ``validate``
+merges each composed group into its dataclass (OmegaConf converts ``"3"`` to 3 and refuses ``"abc"``
+for an int), then the dataclasses' ``check`` methods refuse values that make no sense. Models and
+datasets are looked up by their ``_target_``; a user's own ``_target_`` is passed through unchecked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Union, get_type_hints
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from dgmrun.errors import DgmrunError
+from dgmrun.schema import vae
+from dgmrun.schema.base import ModelConfig, require
+from dgmrun.schema.data import DATA_SCHEMAS
+
+# Every model family's schemas, by the ``_target_`` of its YAML; a new family adds its module here.
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {}
+for _family in (vae,):
+    MODEL_SCHEMAS.update(_family.SCHEMAS)
+
+
+# --------------------------------------------------------------------------------- run settings
+@dataclass
+class SampleConfig:
+    num: int = 64
+    seed: int = 0
+    every_n_epochs: int = 5
+    batch_size: int = 256
+
+    def check(self) -> None:
+        require(self.num > 0, f"sample.num must be > 0, got {self.num}")
+        require(self.every_n_epochs >= 0, f"sample.every_n_epochs must be >= 0, got {self.every_n_epochs}")
+        require(self.batch_size > 0, f"sample.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class EvalConfig:
+    num_importance_samples: int = 100
+    batch_size: int = 100
+
+    def check(self) -> None:
+        require(self.num_importance_samples > 0,
+                 f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
+        require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class TrainerConfig:
+    """The Trainer keys dgmrun documents; other Lightning keys pass through to Lightning unchecked."""
+
+    max_epochs: Optional[int] = None
+    max_steps: int = -1
+    max_time: Optional[str] = None
+    devices: Any = 1
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    log_every_n_steps: Optional[int] = None
+    gradient_clip_val: Optional[float] = None
+
+    def check(self) -> None:
+        require(self.max_epochs is None or self.max_epochs >= -1, f"trainer.max_epochs must be >= -1, got {self.max_epochs}")
+        require(self.max_steps >= -1, f"trainer.max_steps must be >= -1, got {self.max_steps}")
+        require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"trainer.{key} must be >= 0, got {value}")
+
+
+# ----------------------------------------------------------------------------------- validation
+def _check_node(node: Any, schema: type, prefix: str, allow_extra: bool = False) -> Any:
+    """Merge a config node into its dataclass; re-word OmegaConf's errors with the full key."""
+    if not isinstance(node, DictConfig):
+        raise DgmrunError(f"{prefix} must be a mapping of keys, got {node!r}")
+    # Resolve interpolations (``seed: ${seed}``) against the whole config before checking the part alone.
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    if allow_extra:
+        names = {f.name for f in fields(schema)}
+        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k in names])
+    try:
+        checked = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as e:
+        raise DgmrunError(_describe(e, node, schema, prefix)) from None
+    checked.check()
+    return checked
+
+
+def _describe(e: OmegaConfBaseException, node: DictConfig, schema: type, prefix: str) -> str:
+    """OmegaConf's error, re-worded with the full key and the expected type."""
+    full_key = str(getattr(e, "full_key", "") or "")
+    key = f"{prefix}.{full_key}" if full_key else prefix
+    if isinstance(e, ConfigKeyError):
+        names = sorted(f.name for f in fields(schema) if f.name != "_target_")
+        return f"unknown key {key}; {prefix} takes: {', '.join(names)}"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key} must be set"
+    got = OmegaConf.select(node, full_key, throw_on_missing=False) if full_key else node
+    return f"{key}={got!r} has the wrong type: expected {_expected_type(schema, full_key)}"
+
+
+def _expected_type(schema: type, dotted: str) -> str:
+    """A readable name of the type of the field at ``dotted`` in ``schema``, e.g. ``int``, ``list[float]``."""
+    annotation: Any = schema
+    for part in dotted.split("."):
+        hints = get_type_hints(annotation) if hasattr(annotation, "__dataclass_fields__") else {}
+        annotation = hints.get(part.split("[")[0])
+    if annotation is None:
+        return "another type"
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is Union and len(args) == 1:  # Optional[X]
+        return f"{_type_name(args[0])} or null"
+    return _type_name(annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def resolve_path(path: str) -> str:
+    """Relative paths on the command line mean: relative to the directory dgmrun was started in."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check types and values of every group, and that the model can take the data."""
+    model_schema = MODEL_SCHEMAS.get(cfg.model.get("_target_", ""))
+    data_schema = DATA_SCHEMAS.get(cfg.data.get("_target_", ""))
+    model = _check_node(cfg.model, model_schema, "model") if model_schema else None
+    data = _check_node(cfg.data, data_schema, "data") if data_schema else None
+    _check_node(cfg.sample, SampleConfig, "sample")
+    _check_node(cfg.eval, EvalConfig, "eval")
+    _check_node(cfg.trainer, TrainerConfig, "trainer", allow_extra=True)
+    require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
+    if model is not None and data is not None:
+        model.check_data(data.info())
+    # Relative paths mean relative to where dgmrun was started; stored absolute, they stay right in
+    # checkpoints used from elsewhere.
+    if cfg.data.get("root"):
+        cfg.data.root = resolve_path(str(cfg.data.root))
+    if cfg.ckpt_path is not None:
+        path = resolve_path(str(cfg.ckpt_path))
+        require(os.path.exists(path), f"ckpt_path={cfg.ckpt_path}: no such file or run dir ({path})")
+        cfg.ckpt_path = path
+    elif cfg.task.name in ("sample", "eval"):
+        raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>")

@@ -1,0 +1,61 @@
+"""Shared pieces of the typed configs: range checks, the optimizer, and keys every model has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from dgmrun.data.info import DataInfo
+from dgmrun.errors import DgmrunError
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise DgmrunError(message)
+
+
+def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    require(value in choices, f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = MISSING
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        require(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        require(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+SCHEDULERS = ("cosine", "step")
+
+
+def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
+    if scheduler is None:
+        return
+    require("name" in scheduler, f"model.scheduler needs a name ({', '.join(SCHEDULERS)}), got {scheduler}")
+    one_of("model.scheduler.name", scheduler["name"], SCHEDULERS)
+
+
+@dataclass
+class ModelConfig:
+    """Keys every model has."""
+
+    _target_: str = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[dict[str, Any]] = None
+
+    def check(self) -> None:
+        self.optimizer.check()
+        check_scheduler(self.scheduler)
+
+    def check_data(self, info: DataInfo) -> None:
+        """Refuse data this model cannot take (raises DgmrunError)."""
+
+

@@ -1,0 +1,66 @@
+"""Typed config of the VAE (``conf/model/vae.yaml``) and its choices that depend on the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from dgmrun.data.info import DataInfo
+from dgmrun.schema.base import ModelConfig, one_of, require
+
+VAE_ARCHS = ("auto", "mlp", "conv")
+VAE_LIKELIHOODS = ("auto", "bernoulli", "discretized_logistic", "gaussian")
+
+
+def resolve_vae_choices(arch: str, likelihood: str, info: DataInfo) -> tuple[str, str]:
+    """Turn ``auto`` into a concrete network and likelihood for this data; refuse impossible pairs.
+
+    Shared by the config check (before torch is imported) and the VAE itself (``dgmrun.load``).
+    """
+    if arch == "auto":
+        arch = "conv" if info.is_image and min(info.shape[1:]) >= 16 else "mlp"
+    if arch == "conv":
+        require(info.is_image, f"model.arch=conv needs images, but data {info.name} gives points of shape "
+                 f"{tuple(info.shape)}; use model.arch=mlp")
+        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
+                 f"model.arch=conv needs image sides divisible by 4, got {tuple(info.shape)}")
+    if likelihood == "auto":
+        likelihood = "bernoulli" if info.is_binary else "gaussian" if info.levels is None else "discretized_logistic"
+    if likelihood == "bernoulli":
+        require(info.is_binary, f"model.likelihood=bernoulli needs binary data; data {info.name} has "
+                 f"{info.levels or 'continuous'} levels (set data.binarize=dynamic or static)")
+    if likelihood == "discretized_logistic":
+        require(info.levels is not None and info.levels > 1,
+                 f"model.likelihood=discretized_logistic needs discrete data; data {info.name} is continuous")
+    return arch, likelihood
+
+
+@dataclass
+class VAEConfig(ModelConfig):
+    latent_dim: int = MISSING
+    arch: str = "auto"
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    likelihood: str = "auto"
+    learn_variance: bool = True
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+
+    def check(self) -> None:
+        super().check()
+        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
+        one_of("model.arch", self.arch, VAE_ARCHS)
+        one_of("model.likelihood", self.likelihood, VAE_LIKELIHOODS)
+        require(len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
+                 f"model.hidden_dims must be positive widths, got {list(self.hidden_dims)}")
+        require(len(self.channels) == 2 and all(c > 0 for c in self.channels),
+                 f"model.channels must be two positive channel counts, got {list(self.channels)}")
+        require(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
+        require(self.kl_warmup_steps >= 0, f"model.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
+
+    def check_data(self, info: DataInfo) -> None:
+        resolve_vae_choices(self.arch, self.likelihood, info)
+
+
+SCHEMAS: dict[str, type[ModelConfig]] = {"dgmrun.models.vae.VAE": VAEConfig}
