@@ -44,11 +44,13 @@ class SampleConfig:
 class EvalConfig:
     num_importance_samples: int = 100
     batch_size: int = 100
+    num_samples: int = 2500
 
     def check(self) -> None:
         require(self.num_importance_samples > 0,
                  f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
         require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+        require(self.num_samples > 0, f"eval.num_samples must be > 0, got {self.num_samples}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from dgmrun.checkpoint import load_model
 from dgmrun.loggers import finish_loggers
+from dgmrun.metrics.samples import sample_metrics
 from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
 
 
@@ -24,10 +25,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     try:
         trainer = make_trainer(cfg, [], loggers)
         results = trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics: dict[str, Any] = dict(results[0]) if results else {}
+        if trainer.is_global_zero:
+            metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed))
         failed = False
     finally:
         finish_loggers(loggers, failed)
-    metrics: dict[str, Any] = dict(results[0]) if results else {}
     if "test/nll" in metrics:
         metrics["test/nll_estimator"] = model.nll_estimator
     metrics["test/checkpoint"] = str(cfg.ckpt_path)

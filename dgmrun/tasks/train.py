@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from dgmrun.callbacks import SampleGrids, Throughput
 from dgmrun.checkpoint import build_model, resolve_ckpt_path
 from dgmrun.loggers import finish_loggers
+from dgmrun.metrics.samples import sample_metrics
 from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
 
 
@@ -54,6 +55,8 @@ def train(cfg: DictConfig) -> float | None:
             metrics["test/checkpoint"] = "best" if use_best else "last"
             if "test/nll" in metrics:
                 metrics["test/nll_estimator"] = model.nll_estimator
+            if trainer.is_global_zero:
+                metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed))
         failed = False
     finally:
         finish_loggers(loggers, failed)
