@@ -89,6 +89,8 @@ class Throughput(pl.Callback):
         self.seconds += time.perf_counter() - self._start
         self.samples += len(batch[0]) * trainer.world_size
 
+    @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.samples_per_s is not None:
-            pl_module.log("perf/train_samples_per_s", self.samples_per_s, rank_zero_only=True)
+            for logger in trainer.loggers:
+                logger.log_metrics({"perf/train_samples_per_s": self.samples_per_s}, step=trainer.global_step)

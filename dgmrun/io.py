@@ -74,8 +74,13 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def picture(samples: Tensor, nrow: int | None = None) -> np.ndarray:
-    """A grid for images, a density plot for points."""
-    return image_grid(samples, nrow) if samples.dim() == 4 else scatter_image(samples)
+    """A grid for images (small ones enlarged to at least 32 px, pixels kept sharp), a density plot for points."""
+    if samples.dim() != 4:
+        return scatter_image(samples)
+    scale = max(1, 32 // samples.shape[-1])
+    if scale > 1:
+        samples = samples.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+    return image_grid(samples, nrow)
 
 
 def save_samples_npz(path: str | os.PathLike, samples: Tensor) -> None:

@@ -48,9 +48,10 @@ def dgmrun_command() -> list[str]:
 
 
 def run_dgmrun(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed console script as a user would, from ``cwd``."""
+    """Run the installed console script as a user would, from ``cwd`` (``env`` values of None unset a variable)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(dgmrun_command() + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
 

@@ -138,15 +138,15 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
-        if not self.data_info.is_image:
+        if not self.data_info.is_image or len(x) < 16:
             return {}
-        x = x[:32]
+        x = x[: min(32, len(x)) // 8 * 8]  # whole rows of 8
         mu, _ = self.encode(x)
         reconstructions = self._to_data(self.decode(mu), None)
         # Rows of 8: inputs and their reconstructions interleaved, row by row.
         pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), reconstructions.view(-1, 8, *x.shape[1:])], 1)
         # Latent interpolations between consecutive pairs of posterior means, 8 steps each.
         steps = torch.linspace(0, 1, 8, device=mu.device).view(1, 8, 1)
-        starts, ends = mu[0:16:2], mu[1:16:2]
+        starts, ends = mu[0:16:2], mu[1:16:2]  # 8 rows
         z = (starts[:, None] * (1 - steps) + ends[:, None] * steps).reshape(-1, self.latent_dim)
         return {"reconstructions": pairs.reshape(-1, *x.shape[1:]), "interpolations": self._to_data(self.decode(z), None)}

@@ -16,13 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dgmrun.errors import DgmrunError
-from dgmrun.schema import vae
+from dgmrun.schema import gan, likelihood_models, vae
 from dgmrun.schema.base import ModelConfig, require
 from dgmrun.schema.data import DATA_SCHEMAS
 
 # Every model family's schemas, by the ``_target_`` of its YAML; a new family adds its module here.
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {}
-for _family in (vae,):
+for _family in (vae, likelihood_models, gan):
     MODEL_SCHEMAS.update(_family.SCHEMAS)
 
 

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ from dgmrun.io import write_json
 from dgmrun.loggers import flatten
 
 log = logging.getLogger("dgmrun")
+
+# `lightning` prints through a console handler of its own and also propagates to the root logger that
+# Hydra sets up (console + the run's log file): drop its handler so each message appears once.
+logging.getLogger("lightning").handlers.clear()
+# A deprecation inside Lightning itself, printed on every run; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def git_commit() -> str | None:

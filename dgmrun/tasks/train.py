@@ -34,12 +34,13 @@ def train(cfg: DictConfig) -> float | None:
     model.eval_settings = dict(cfg.eval)
     model.run_record = run_record(cfg)
 
-    validates = has_validation_loss(model)
-    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", save_last=True,
-                                  monitor="val/loss" if validates else None, save_top_k=1 if validates else 0,
-                                  enable_version_counter=False)
+    # last.ckpt by a monitor-free checkpoint of its own: Lightning's save_last only refreshes it in steps
+    # where a top-k checkpoint is saved, which would leave it stale once val/loss stops improving.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss",
+                           enable_version_counter=False) if has_validation_loss(model) else None
     throughput = Throughput()
-    callbacks = [checkpoints, throughput,
+    callbacks = [last, *([best] if best else []), throughput,
                  SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size)]
     loggers = make_loggers(cfg)
     failed = True
@@ -49,8 +50,9 @@ def train(cfg: DictConfig) -> float | None:
         metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         metrics["perf/train_samples_per_s"] = throughput.samples_per_s
         if cfg.task.test:
-            use_best = bool(checkpoints.best_model_path)
-            results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None, verbose=False)
+            use_best = best is not None and bool(best.best_model_path)
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path if use_best else None,
+                                   verbose=False)
             metrics.update(results[0] if results else {})
             metrics["test/checkpoint"] = "best" if use_best else "last"
             if "test/nll" in metrics:

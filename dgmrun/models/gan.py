@@ -1,0 +1,318 @@
+"""Generative adversarial networks (Goodfellow et al. 2014) with the usual losses and remedies.
+
+A generator G maps z ~ N(0, I) to data; a discriminator (critic) D scores data. The players
+alternate: ``n_critic`` updates of D, then one of G. The losses, written on D's raw outputs
+(logits) r = D(x) for real data and f = D(G(z)) for generated data, sigma the logistic function:
+
+=========  ============================================  ==========================================
+loss       d_loss(r, f)                                  g_loss(f)
+=========  ============================================  ==========================================
+minimax    -log sigma(r) - log(1 - sigma(f))              log(1 - sigma(f))    (the minimax game, eq. 1)
+ns         same as minimax                               -log sigma(f)        (non-saturating, sec. 3)
+wgan       f - r  (D weights clipped to [-clip, clip])    -f                   (Arjovsky et al. 2017)
+wgan_gp    f - r + gp_weight * (||grad D(x^)|| - 1)^2     -f                   (Gulrajani et al. 2017, eq. 3)
+lsgan      ((r - 1)^2 + f^2) / 2                          (f - 1)^2 / 2        (Mao et al. 2017, eq. 9, a=0 b=c=1)
+hinge      relu(1 - r) + relu(1 + f)                      -f                   (Lim & Ye 2017; Miyato et al. 2018)
+=========  ============================================  ==========================================
+
+each averaged over the batch. For the minimax loss the optimal D is D*(x) = p(x) / (p(x) + p_G(x)),
+and G then minimises 2 JSD(p || p_G) - log 4; the non-saturating G loss has the same fixed point
+but strong gradients when D rejects G's samples early in training. x^ = e x + (1 - e) G(z),
+e ~ U(0, 1), are the interpolates of the gradient penalty.
+
+Remedies, all off or on from the config: spectral norm in D (``spectral_norm``), a minibatch-stddev
+feature in D (``minibatch_std``), packing (PacGAN: D judges ``pack`` samples at once, which makes
+mode collapse visible to it; Lin et al. 2018), and an exponential moving average of G's weights
+(``ema_decay``) used whenever the model samples (the trained weights are put back afterwards).
+
+One training step
+-----------------
+Training uses Lightning's manual optimization with two optimizers. Each batch does one D update,
+and every ``n_critic``-th batch also one G update (on a fresh z). Lightning's ``global_step`` -- and
+so ``trainer.max_steps`` -- counts *every optimizer update, D's and G's*: with ``n_critic = k`` a
+cycle of k batches is k + 1 steps (n_critic = 1: two steps per batch, so ``trainer.max_steps=2000``
+means 1000 batches, 1000 D and 1000 G updates). The run stops at the end of the first batch where
+global_step >= max_steps. ``max_epochs`` and ``max_time`` work as for any model.
+
+Under DDP every backward pass must reach every parameter (Lightning's DDP does not look for unused
+ones), so there the D step back-propagates through G too (its gradients are discarded) and D is not
+frozen during the G step; in a single process G's samples are detached for the D step and D's
+weights frozen for the G step, which saves that work. The results are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgmrun.errors import DgmrunError
+from dgmrun.models.base import GenerativeModel
+from dgmrun.models.ema import EMA
+from dgmrun.nets.gan_blocks import DCGANCritic, MLPCritic, dcgan_generator, mlp_generator, pack_samples
+from dgmrun.schema.gan import resolve_gan_arch
+
+
+# ---------------------------------------------------------------------------------- the losses
+def _bce_d(real: Tensor, fake: Tensor) -> Tensor:
+    return F.softplus(-real).mean() + F.softplus(fake).mean()  # -log sigma(r) - log(1 - sigma(f))
+
+
+def _wasserstein_d(real: Tensor, fake: Tensor) -> Tensor:
+    return fake.mean() - real.mean()
+
+
+LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    # name: (d_loss(real_logits, fake_logits), g_loss(fake_logits)), both to be minimised
+    "minimax": (_bce_d, lambda f: -F.softplus(f).mean()),              # log(1 - sigma(f)) = -softplus(f)
+    "ns": (_bce_d, lambda f: F.softplus(-f).mean()),                   # -log sigma(f) = softplus(-f)
+    "wgan": (_wasserstein_d, lambda f: -f.mean()),
+    "wgan_gp": (_wasserstein_d, lambda f: -f.mean()),
+    "lsgan": (lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(), lambda f: 0.5 * ((f - 1) ** 2).mean()),
+    "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
+}
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, pack: int = 1,
+                     eps: Tensor | None = None) -> Tensor:
+    """WGAN-GP penalty E[(||grad_x^ D(x^)||_2 - 1)^2] at x^ = e real + (1 - e) fake (Gulrajani et al. 2017).
+
+    ``critic`` takes unpacked samples (it packs them itself); the norm is taken over each packed
+    input of D, i.e. over the ``pack`` samples that D judges together. ``eps`` (one per sample) is
+    drawn uniformly when not given.
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    eps = eps.view(-1, *[1] * (real.dim() - 1))
+    mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
+    norms = pack_samples(grad, pack).flatten(1).norm(dim=1)
+    return ((norms - 1) ** 2).mean()
+
+
+def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def make_adam(params: Any, settings: dict[str, Any]) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings.get("betas", (0.5, 0.999))),
+                            weight_decay=settings.get("weight_decay", 0.0))
+
+
+class GAN(GenerativeModel):
+    def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, arch: str = "auto",
+                 g_hidden_dims: Sequence[int] = (256, 256, 256), d_hidden_dims: Sequence[int] = (256, 256, 256),
+                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128), n_critic: int = 1,
+                 clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = False,
+                 pack: int = 2, ema_decay: float | None = 0.999, optimizer_g: dict[str, Any] | None = None,
+                 optimizer_d: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
+        super().__init__(data_info, None, scheduler)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        if loss not in LOSSES:
+            raise DgmrunError(f"model.loss={loss!r} is not one of: {', '.join(LOSSES)}")
+        self.loss_name, self.d_loss_fn, self.g_loss_fn = loss, *LOSSES[loss]
+        self.latent_dim, self.n_critic, self.pack = latent_dim, n_critic, pack
+        self.clip, self.gp_weight = clip, gp_weight
+        self.g_hidden_dims, self.d_hidden_dims = list(g_hidden_dims), list(d_hidden_dims)
+        self.g_channels, self.d_channels = list(g_channels), list(d_channels)
+        self.spectral_norm, self.minibatch_std = spectral_norm, minibatch_std
+        self.optimizer_g_settings = dict(optimizer_g or {"lr": 2e-4, "betas": (0.5, 0.999)})
+        self.optimizer_d_settings = dict(optimizer_d or {"lr": 2e-4, "betas": (0.5, 0.999)})
+        self.arch = resolve_gan_arch(arch, self.data_info)
+        self.generator = self.build_generator(self.generator_input_dim())
+        self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
+        self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
+        self._single_process = True
+
+    # ------------------------------------------------------------------ networks (subclasses extend these)
+    def generator_input_dim(self) -> int:
+        return self.latent_dim
+
+    def critic_extra_channels(self) -> int:
+        """Extra input channels/features per sample that the critic sees (conditioning), before packing."""
+        return 0
+
+    def critic_out_dim(self) -> int:
+        return 1
+
+    def build_generator(self, in_dim: int) -> nn.Module:
+        info = self.data_info
+        if self.arch == "dcgan":
+            return dcgan_generator(in_dim, info.shape, self.g_channels)
+        net = mlp_generator(in_dim, self.g_hidden_dims, info.num_dims)
+        if info.is_image:
+            return nn.Sequential(net, nn.Tanh(), nn.Unflatten(1, tuple(info.shape)))
+        return net
+
+    def build_discriminator(self, extra: int = 0, out_dim: int = 1) -> nn.Module:
+        info = self.data_info
+        if self.arch == "dcgan":
+            c = info.shape[0]
+            return DCGANCritic(info.shape, self.d_channels, out_dim, in_channels=self.pack * (c + extra),
+                               spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
+        return MLPCritic(self.pack * (info.num_dims + extra), self.d_hidden_dims, out_dim,
+                         spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
+
+    # ------------------------------------------------------------------ the model
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Images [0, 1] -> [-1, 1] (the range of G's tanh); points unchanged."""
+        return x * 2 - 1 if self.data_info.is_image else x
+
+    def to_data_space(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1) if self.data_info.is_image else x
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """G(z) in model space."""
+        return self.generator(z)
+
+    def critic(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """D's logits for packs of ``pack`` consecutive samples in model space: (N / pack) × out_dim."""
+        return self.discriminator(pack_samples(x, self.pack))
+
+    def d_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """D's loss on a real batch (model space) and a fresh generated batch of the same size."""
+        fake = self.generate(self.sample_latent(len(x)))
+        if self._single_process:
+            fake = fake.detach()
+        real_logits, fake_logits = self.critic(x).float(), self.critic(fake).float()
+        loss = self.d_loss_fn(real_logits, fake_logits)
+        logs = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
+        if self.loss_name == "wgan_gp":
+            gp = gradient_penalty(self.critic, x, fake, self.pack)
+            loss = loss + self.gp_weight * gp
+            logs["gp"] = gp.detach()
+        return loss, logs
+
+    def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake = self.generate(self.sample_latent(len(x)))
+        return self.g_loss_fn(self.critic(fake).float()), {}
+
+    # ------------------------------------------------------------------ which parameters each player owns
+    def d_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminator.parameters())
+
+    def g_parameters(self) -> list[nn.Parameter]:
+        return list(self.generator.parameters())
+
+    # ------------------------------------------------------------------ Lightning
+    def configure_optimizers(self) -> Any:
+        opt_d = make_adam(self.d_parameters(), self.optimizer_d_settings)
+        opt_g = make_adam(self.g_parameters(), self.optimizer_g_settings)
+        return [opt_d, opt_g]
+
+    def on_fit_start(self) -> None:
+        self._single_process = self.trainer.world_size == 1
+        self._schedulers = self._make_schedulers()
+
+    def _make_schedulers(self) -> list[tuple[Any, str]]:
+        """``model.scheduler`` for both players; stepped here, as manual optimization does not step them."""
+        settings = self.scheduler_settings
+        if settings is None:
+            return []
+        k = self.n_critic
+        batches = self.trainer.estimated_stepping_batches
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            batches = min(batches, math.ceil(self.trainer.max_steps * k / (k + 1)))
+        batches = int(batches) if math.isfinite(batches) else 10**6
+        out = []
+        for opt, updates in zip(self.optimizers(), (batches, batches // k)):
+            if settings["name"] == "cosine":
+                out.append((torch.optim.lr_scheduler.CosineAnnealingLR(opt.optimizer, T_max=max(1, updates)), "step"))
+            else:
+                out.append((torch.optim.lr_scheduler.StepLR(opt.optimizer, step_size=settings.get("step_size", 10),
+                                                            gamma=settings.get("gamma", 0.5)), "epoch"))
+        return out
+
+    def _check_finite(self, name: str, loss: Tensor, batch_idx: int) -> None:
+        if not torch.isfinite(loss.detach()).item():
+            raise DgmrunError(
+                f"train/{name} is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); training stopped (checkpoints written before this step are intact). "
+                f"Lower the learning rates (model.optimizer_d.lr, model.optimizer_g.lr) or change model.loss.")
+
+    @contextlib.contextmanager
+    def _frozen(self, params: list[nn.Parameter]) -> Iterator[None]:
+        if not self._single_process:  # DDP: every backward must reach every parameter
+            yield
+            return
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        keep = len(x) - len(x) % self.pack  # whole packs only
+        if keep == 0:
+            return
+        x, y = self.to_model_space(x[:keep]), y[:keep]
+        opt_d, opt_g = self.optimizers()
+        k = self.n_critic
+        g_turn = (self.global_step + 1) % (k + 1) == k  # after this D update, G's turn (see the module docstring)
+
+        d_loss, logs = self.d_loss(x, y)
+        self._check_finite("d_loss", d_loss, batch_idx)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        logs["d_grad_norm"] = grad_norm(self.d_parameters())
+        opt_d.step()
+        if self.loss_name == "wgan":  # weight clipping keeps the critic K-Lipschitz (Arjovsky et al. 2017)
+            with torch.no_grad():
+                for p in self.discriminator.parameters():
+                    p.clamp_(-self.clip, self.clip)
+        logs["d_loss"] = d_loss.detach()
+
+        if g_turn:
+            with self._frozen(self.d_parameters()):
+                g_loss, g_logs = self.g_loss(x, y)
+                self._check_finite("g_loss", g_loss, batch_idx)
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+            logs.update(g_logs)
+            logs["g_grad_norm"] = grad_norm(self.g_parameters())
+            opt_g.step()
+            logs["g_loss"] = g_loss.detach()
+            if self.ema is not None:
+                self.ema.update(self.generator)
+        for scheduler, interval in getattr(self, "_schedulers", []):
+            if interval == "step" and (g_turn or scheduler.optimizer is opt_d.optimizer):
+                scheduler.step()
+        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=len(x))
+        if "g_loss" in logs:
+            self.log("g", logs["g_loss"], prog_bar=True, logger=False, batch_size=len(x))
+        self.log("d", logs["d_loss"], prog_bar=True, logger=False, batch_size=len(x))
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler, interval in getattr(self, "_schedulers", []):
+            if interval == "epoch":
+                scheduler.step()
+
+    # ------------------------------------------------------------------ GenerativeModel
+    @property
+    def nll_estimator(self) -> str:
+        return "none"
+
+    def ema_generator(self) -> contextlib.AbstractContextManager[Any]:
+        """The generator with its EMA weights swapped in (restored on exit); the plain one without EMA."""
+        return self.ema.swapped(self.generator) if self.ema is not None else contextlib.nullcontext(self.generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = self.sample_latent(n, generator)
+        with self.ema_generator():
+            return self.to_data_space(self.generate(z).float())

@@ -1,0 +1,79 @@
+"""Typed configs of the adversarial and moment-matching models (``conf/model/{gan,...}.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from dgmrun.data.info import DataInfo
+from dgmrun.schema.base import ModelConfig, OptimizerConfig, check_scheduler, one_of, require
+
+GAN_ARCHS = ("auto", "mlp", "dcgan")
+GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
+
+
+def resolve_gan_arch(arch: str, info: DataInfo) -> str:
+    """``auto``: DCGAN for images with sides >= 16 px, else MLP. Shared by the config check and the models."""
+    if arch == "auto":
+        arch = "dcgan" if info.is_image and min(info.shape[1:]) >= 16 else "mlp"
+    if arch == "dcgan":
+        require(info.is_image, f"model.arch=dcgan needs images, but data {info.name} gives points of shape "
+                 f"{tuple(info.shape)}; use model.arch=mlp")
+        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
+                 f"model.arch=dcgan needs image sides divisible by 4, got {tuple(info.shape)}")
+    return arch
+
+
+def _adam(lr: float) -> OptimizerConfig:
+    return OptimizerConfig(lr=lr, betas=[0.5, 0.999])
+
+
+def _widths(key: str, widths: list[int], count: Optional[int] = None) -> None:
+    require(len(widths) > 0 and all(w > 0 for w in widths), f"{key} must be positive widths, got {list(widths)}")
+    if count is not None:
+        require(len(widths) == count, f"{key} must have {count} entries, got {list(widths)}")
+
+
+@dataclass
+class GANConfig(ModelConfig):
+    optimizer: Optional[OptimizerConfig] = None  # unused: a GAN has one optimizer per player
+    loss: str = "ns"
+    latent_dim: int = 16
+    arch: str = "auto"
+    g_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
+    d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
+    g_channels: list[int] = field(default_factory=lambda: [64, 128])
+    d_channels: list[int] = field(default_factory=lambda: [64, 128])
+    n_critic: int = 1
+    clip: float = 0.01
+    gp_weight: float = 10.0
+    spectral_norm: bool = False
+    minibatch_std: bool = False
+    pack: int = 2
+    ema_decay: Optional[float] = 0.999
+    optimizer_g: OptimizerConfig = field(default_factory=lambda: _adam(2e-4))
+    optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(2e-4))
+
+    def check(self) -> None:
+        self.optimizer_g.check()
+        self.optimizer_d.check()
+        check_scheduler(self.scheduler)
+        one_of("model.loss", self.loss, GAN_LOSSES)
+        one_of("model.arch", self.arch, GAN_ARCHS)
+        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
+        _widths("model.g_hidden_dims", self.g_hidden_dims)
+        _widths("model.d_hidden_dims", self.d_hidden_dims)
+        _widths("model.g_channels", self.g_channels, 2)
+        _widths("model.d_channels", self.d_channels, 2)
+        require(self.n_critic >= 1, f"model.n_critic must be >= 1, got {self.n_critic}")
+        require(self.clip > 0, f"model.clip must be > 0, got {self.clip}")
+        require(self.gp_weight >= 0, f"model.gp_weight must be >= 0, got {self.gp_weight}")
+        require(self.pack >= 1, f"model.pack must be >= 1, got {self.pack}")
+        require(self.ema_decay is None or 0 <= self.ema_decay < 1,
+                 f"model.ema_decay must be in [0, 1) or null, got {self.ema_decay}")
+
+    def check_data(self, info: DataInfo) -> None:
+        resolve_gan_arch(self.arch, info)
+
+
+SCHEMAS: dict[str, type[ModelConfig]] = {"dgmrun.models.gan.GAN": GANConfig}

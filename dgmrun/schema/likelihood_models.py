@@ -1,0 +1,138 @@
+"""Typed configs of the likelihood models: IWAE, NADE, PixelCNN, RBM, VQ-VAE and its PixelCNN prior."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from dgmrun.data.info import DataInfo
+from dgmrun.schema.base import ModelConfig, one_of, require
+from dgmrun.schema.vae import VAEConfig
+
+
+def require_binary(model: str, info: DataInfo) -> None:
+    require(info.is_binary, f"model {model} needs binary data; data {info.name} has "
+             f"{info.levels or 'continuous'} levels (set data.binarize=dynamic or static)")
+
+
+@dataclass
+class IWAEConfig(VAEConfig):
+    k: int = 5
+
+    def check(self) -> None:
+        super().check()
+        require(self.k >= 1, f"model.k must be >= 1, got {self.k}")
+
+
+@dataclass
+class NADEConfig(ModelConfig):
+    hidden_dim: int = 500
+
+    def check(self) -> None:
+        super().check()
+        require(self.hidden_dim > 0, f"model.hidden_dim must be > 0, got {self.hidden_dim}")
+
+    def check_data(self, info: DataInfo) -> None:
+        require_binary("nade", info)
+
+
+@dataclass
+class PixelCNNConfig(ModelConfig):
+    channels: int = 64
+    num_layers: int = 6
+    kernel_size: int = 5
+    gated: bool = False
+    conditional: bool = False
+    sample_classes: Optional[list[int]] = None
+
+    def check(self) -> None:
+        super().check()
+        require(self.channels > 0, f"model.channels must be > 0, got {self.channels}")
+        require(self.num_layers >= 1, f"model.num_layers must be >= 1, got {self.num_layers}")
+        require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+                 f"model.kernel_size must be odd and >= 3, got {self.kernel_size}")
+
+    def check_data(self, info: DataInfo) -> None:
+        require(info.is_image, f"model pixelcnn needs images, but data {info.name} gives points")
+        require(info.levels is not None and info.levels >= 2,
+                 f"model pixelcnn needs discrete pixels (binary or 8-bit); data {info.name} is continuous")
+        if self.conditional:
+            require(info.num_classes > 0, f"model.conditional=true needs labelled data; {info.name} has no classes")
+        if self.sample_classes:
+            require(self.conditional, "model.sample_classes needs model.conditional=true")
+            require(all(0 <= c < info.num_classes for c in self.sample_classes),
+                     f"model.sample_classes must lie in [0, {info.num_classes}), got {list(self.sample_classes)}")
+
+
+@dataclass
+class RBMConfig(ModelConfig):
+    hidden_dim: int = 500
+    visible: str = "auto"
+    cd_k: int = 1
+    persistent: bool = False
+    num_chains: int = 100
+    sample_gibbs_steps: int = 1000
+
+    def check(self) -> None:
+        super().check()
+        require(self.hidden_dim > 0, f"model.hidden_dim must be > 0, got {self.hidden_dim}")
+        one_of("model.visible", self.visible, ("auto", "bernoulli", "gaussian"))
+        require(self.cd_k >= 1, f"model.cd_k must be >= 1, got {self.cd_k}")
+        require(self.num_chains >= 1, f"model.num_chains must be >= 1, got {self.num_chains}")
+        require(self.sample_gibbs_steps >= 1, f"model.sample_gibbs_steps must be >= 1, got {self.sample_gibbs_steps}")
+
+    def check_data(self, info: DataInfo) -> None:
+        if self.visible == "bernoulli":
+            require_binary("rbm (model.visible=bernoulli)", info)
+
+
+@dataclass
+class VQVAEConfig(ModelConfig):
+    num_codes: int = 64
+    code_dim: int = 16
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    commitment: float = 0.25
+    ema_decay: float = 0.99
+    restart_dead_codes: bool = True
+
+    def check(self) -> None:
+        super().check()
+        require(self.num_codes >= 2, f"model.num_codes must be >= 2, got {self.num_codes}")
+        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
+        require(len(self.channels) == 2 and all(c > 0 for c in self.channels),
+                 f"model.channels must be two positive channel counts, got {list(self.channels)}")
+        require(self.commitment >= 0, f"model.commitment must be >= 0, got {self.commitment}")
+        require(0 <= self.ema_decay < 1, f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def check_data(self, info: DataInfo) -> None:
+        require(info.is_image, f"model vqvae needs images, but data {info.name} gives points")
+        require(info.levels is not None, f"model vqvae needs discrete pixels; data {info.name} is continuous")
+        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
+                 f"model vqvae needs image sides divisible by 4, got {tuple(info.shape)}")
+
+
+@dataclass
+class VQVAEPriorConfig(ModelConfig):
+    vqvae_ckpt: str = MISSING
+    channels: int = 64
+    num_layers: int = 6
+    kernel_size: int = 3
+
+    def check(self) -> None:
+        super().check()
+        require(self.channels > 0, f"model.channels must be > 0, got {self.channels}")
+        require(self.num_layers >= 1, f"model.num_layers must be >= 1, got {self.num_layers}")
+        require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+                 f"model.kernel_size must be odd and >= 3, got {self.kernel_size}")
+
+
+SCHEMAS: dict[str, type[ModelConfig]] = {
+    "dgmrun.models.iwae.IWAE": IWAEConfig,
+    "dgmrun.models.nade.NADE": NADEConfig,
+    "dgmrun.models.pixelcnn.PixelCNN": PixelCNNConfig,
+    "dgmrun.models.rbm.RBM": RBMConfig,
+    "dgmrun.models.vqvae.VQVAE": VQVAEConfig,
+    "dgmrun.models.vqvae.VQVAEPrior": VQVAEPriorConfig,
+}
