@@ -8,7 +8,6 @@ run config>, "version": ..., "provenance": {...}}``, so ``task=sample``, ``task=
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.io import atomic_open
 from dgmrun.models.base import GenerativeModel
+from dgmrun.schema import resolve_ckpt_path
 
 # Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
 CHECKPOINT_GROUPS = ("model", "data")
@@ -32,20 +32,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
-
-
-def resolve_ckpt_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run dir meaning its ``checkpoints/last.ckpt``."""
-    p = Path(os.path.expanduser(str(path))).absolute()
-    if p.is_dir():
-        last = p / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise DgmrunError(f"ckpt_path={path} is a directory without checkpoints/last.ckpt; "
-                              "give a run dir of `dgmrun task=train` or a .ckpt file")
-        return last
-    if not p.is_file():
-        raise DgmrunError(f"ckpt_path={path}: no such file or run dir ({p})")
-    return p
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

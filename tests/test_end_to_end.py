@@ -116,6 +116,12 @@ def test_ddp_on_cpu_from_the_console_script(tmp_path):
     assert "test/nll" in json.loads((run / "metrics.json").read_text())
 
 
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    run = assert_ok(run_dgmrun("logger=tensorboard", "trainer=debug", "hydra.run.dir=tb", cwd=tmp_path))
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
 def test_multirun_sweeps_and_survives_a_failing_job(tmp_path):
     out = run_dgmrun("-m", "trainer=debug", "model.latent_dim=4,-1,8", "hydra.sweep.dir=sweep", cwd=tmp_path)
     jobs = sorted((tmp_path / "sweep").iterdir())

@@ -109,10 +109,10 @@ def make_adam(params: Any, settings: dict[str, Any]) -> torch.optim.Adam:
 
 class GAN(GenerativeModel):
     def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, arch: str = "auto",
-                 g_hidden_dims: Sequence[int] = (256, 256, 256), d_hidden_dims: Sequence[int] = (256, 256, 256),
+                 g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (64, 64, 64),
                  g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128), n_critic: int = 1,
                  clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = False,
-                 pack: int = 2, ema_decay: float | None = 0.999, optimizer_g: dict[str, Any] | None = None,
+                 pack: int = 2, ema_decay: float | None = 0.99, optimizer_g: dict[str, Any] | None = None,
                  optimizer_d: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
         super().__init__(data_info, None, scheduler)
         self.save_hyperparameters()
@@ -125,8 +125,8 @@ class GAN(GenerativeModel):
         self.g_hidden_dims, self.d_hidden_dims = list(g_hidden_dims), list(d_hidden_dims)
         self.g_channels, self.d_channels = list(g_channels), list(d_channels)
         self.spectral_norm, self.minibatch_std = spectral_norm, minibatch_std
-        self.optimizer_g_settings = dict(optimizer_g or {"lr": 2e-4, "betas": (0.5, 0.999)})
-        self.optimizer_d_settings = dict(optimizer_d or {"lr": 2e-4, "betas": (0.5, 0.999)})
+        self.optimizer_g_settings = dict(optimizer_g or {"lr": 1e-3, "betas": (0.5, 0.999)})
+        self.optimizer_d_settings = dict(optimizer_d or {"lr": 1e-3, "betas": (0.5, 0.999)})
         self.arch = resolve_gan_arch(arch, self.data_info)
         self.generator = self.build_generator(self.generator_input_dim())
         self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
@@ -183,21 +183,21 @@ class GAN(GenerativeModel):
 
     def d_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss on a real batch (model space) and a fresh generated batch of the same size."""
-        fake = self.generate(self.sample_latent(len(x)))
+        fake = self.generate(self.sample_latent(len(x)), y)
         if self._single_process:
             fake = fake.detach()
-        real_logits, fake_logits = self.critic(x).float(), self.critic(fake).float()
+        real_logits, fake_logits = self.critic(x, y).float(), self.critic(fake, y).float()
         loss = self.d_loss_fn(real_logits, fake_logits)
         logs = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
         if self.loss_name == "wgan_gp":
-            gp = gradient_penalty(self.critic, x, fake, self.pack)
+            gp = gradient_penalty(lambda v: self.critic(v, y), x, fake, self.pack)
             loss = loss + self.gp_weight * gp
             logs["gp"] = gp.detach()
         return loss, logs
 
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        fake = self.generate(self.sample_latent(len(x)))
-        return self.g_loss_fn(self.critic(fake).float()), {}
+        fake = self.generate(self.sample_latent(len(x)), y)
+        return self.g_loss_fn(self.critic(fake, y).float()), {}
 
     # ------------------------------------------------------------------ which parameters each player owns
     def d_parameters(self) -> list[nn.Parameter]:
@@ -269,7 +269,9 @@ class GAN(GenerativeModel):
         self._check_finite("d_loss", d_loss, batch_idx)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
-        logs["d_grad_norm"] = grad_norm(self.d_parameters())
+        log_now = self._logging_now()
+        if log_now:
+            logs["d_grad_norm"] = grad_norm(self.d_parameters())
         opt_d.step()
         if self.loss_name == "wgan":  # weight clipping keeps the critic K-Lipschitz (Arjovsky et al. 2017)
             with torch.no_grad():
@@ -284,7 +286,8 @@ class GAN(GenerativeModel):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
             logs.update(g_logs)
-            logs["g_grad_norm"] = grad_norm(self.g_parameters())
+            if log_now:
+                logs["g_grad_norm"] = grad_norm(self.g_parameters())
             opt_g.step()
             logs["g_loss"] = g_loss.detach()
             if self.ema is not None:
@@ -292,10 +295,17 @@ class GAN(GenerativeModel):
         for scheduler, interval in getattr(self, "_schedulers", []):
             if interval == "step" and (g_turn or scheduler.optimizer is opt_d.optimizer):
                 scheduler.step()
-        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=len(x))
-        if "g_loss" in logs:
-            self.log("g", logs["g_loss"], prog_bar=True, logger=False, batch_size=len(x))
-        self.log("d", logs["d_loss"], prog_bar=True, logger=False, batch_size=len(x))
+        if log_now:  # self.log costs ~1 ms a call on a busy CPU: only on the steps the loggers write
+            self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=len(x))
+            self.log_dict({k: v for k, v in (("d", logs["d_loss"]), ("g", logs.get("g_loss"))) if v is not None},
+                          prog_bar=True, logger=False, batch_size=len(x))
+
+    def _logging_now(self) -> bool:
+        """Whether the loggers write this step (``trainer.log_every_n_steps``)."""
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except AttributeError:  # a Lightning without this (private) property: log every step
+            return True
 
     def on_train_epoch_end(self) -> None:
         for scheduler, interval in getattr(self, "_schedulers", []):
@@ -311,8 +321,15 @@ class GAN(GenerativeModel):
         """The generator with its EMA weights swapped in (restored on exit); the plain one without EMA."""
         return self.ema.swapped(self.generator) if self.ema is not None else contextlib.nullcontext(self.generator)
 
+    def sample_labels(self, n: int, generator: torch.Generator | None, classes: Sequence[int] | None) -> Tensor | None:
+        """The labels G is conditioned on when sampling (None: G is unconditional)."""
+        if classes is not None:
+            raise DgmrunError(f"{type(self).__name__} is unconditional: it cannot sample given classes")
+        return None
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, classes: Sequence[int] | None = None) -> Tensor:
         z = self.sample_latent(n, generator)
+        y = self.sample_labels(n, generator, classes)
         with self.ema_generator():
-            return self.to_data_space(self.generate(z).float())
+            return self.to_data_space(self.generate(z, y).float())

@@ -9,6 +9,7 @@ datasets are looked up by their ``_target_``; a user's own ``_target_`` is passe
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union, get_type_hints
 
@@ -128,6 +129,18 @@ def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
+def resolve_ckpt_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run dir meaning its ``checkpoints/last.ckpt``."""
+    p = Path(resolve_path(str(path)))
+    if p.is_dir():
+        last = p / "checkpoints" / "last.ckpt"
+        require(last.is_file(), f"ckpt_path={path} is a directory without checkpoints/last.ckpt; "
+                "give the run dir of a `dgmrun task=train` run, or a .ckpt file")
+        return last
+    require(p.is_file(), f"ckpt_path={path}: no such file or run dir ({p})")
+    return p
+
+
 def resolve_path(path: str) -> str:
     """Relative paths on the command line mean: relative to the directory dgmrun was started in."""
     return os.path.abspath(os.path.expanduser(path))
@@ -150,8 +163,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.get("root"):
         cfg.data.root = resolve_path(str(cfg.data.root))
     if cfg.ckpt_path is not None:
-        path = resolve_path(str(cfg.ckpt_path))
-        require(os.path.exists(path), f"ckpt_path={cfg.ckpt_path}: no such file or run dir ({path})")
-        cfg.ckpt_path = path
+        cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path))
     elif cfg.task.name in ("sample", "eval"):
         raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>")

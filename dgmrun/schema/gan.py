@@ -40,8 +40,8 @@ class GANConfig(ModelConfig):
     loss: str = "ns"
     latent_dim: int = 16
     arch: str = "auto"
-    g_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
-    d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
+    g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+    d_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
     g_channels: list[int] = field(default_factory=lambda: [64, 128])
     d_channels: list[int] = field(default_factory=lambda: [64, 128])
     n_critic: int = 1
@@ -50,9 +50,9 @@ class GANConfig(ModelConfig):
     spectral_norm: bool = False
     minibatch_std: bool = False
     pack: int = 2
-    ema_decay: Optional[float] = 0.999
-    optimizer_g: OptimizerConfig = field(default_factory=lambda: _adam(2e-4))
-    optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(2e-4))
+    ema_decay: Optional[float] = 0.99
+    optimizer_g: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
+    optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
 
     def check(self) -> None:
         self.optimizer_g.check()
@@ -77,3 +77,66 @@ class GANConfig(ModelConfig):
 
 
 SCHEMAS: dict[str, type[ModelConfig]] = {"dgmrun.models.gan.GAN": GANConfig}
+
+
+CONDITIONINGS = ("projection", "concat")
+
+
+def _needs_classes(name: str, info: DataInfo) -> None:
+    require(info.num_classes > 0, f"model {name} needs labelled data; data {info.name} has no classes")
+
+
+@dataclass
+class CGANConfig(GANConfig):
+    conditioning: str = "projection"
+
+    def check(self) -> None:
+        super().check()
+        one_of("model.conditioning", self.conditioning, CONDITIONINGS)
+
+    def check_data(self, info: DataInfo) -> None:
+        super().check_data(info)
+        _needs_classes("cgan", info)
+
+
+@dataclass
+class ACGANConfig(GANConfig):
+    aux_weight: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        require(self.aux_weight >= 0, f"model.aux_weight must be >= 0, got {self.aux_weight}")
+
+    def check_data(self, info: DataInfo) -> None:
+        super().check_data(info)
+        _needs_classes("acgan", info)
+
+
+SCHEMAS.update({"dgmrun.models.cgan.CGAN": CGANConfig, "dgmrun.models.cgan.ACGAN": ACGANConfig})
+
+
+GMMN_SPACES = ("pixels", "code")
+
+
+@dataclass
+class GMMNConfig(ModelConfig):
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))
+    latent_dim: int = 16
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])
+    space: str = "pixels"
+    code_dim: int = 8
+    ae_hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    bandwidths: Optional[list[float]] = None
+
+    def check(self) -> None:
+        super().check()
+        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
+        _widths("model.hidden_dims", self.hidden_dims)
+        _widths("model.ae_hidden_dims", self.ae_hidden_dims)
+        one_of("model.space", self.space, GMMN_SPACES)
+        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
+        require(self.bandwidths is None or (len(self.bandwidths) > 0 and all(b > 0 for b in self.bandwidths)),
+                 f"model.bandwidths must be positive numbers or null, got {self.bandwidths}")
+
+
+SCHEMAS["dgmrun.models.gmmn.GMMN"] = GMMNConfig

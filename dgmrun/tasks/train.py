@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from dgmrun.callbacks import SampleGrids, Throughput
-from dgmrun.checkpoint import build_model, resolve_ckpt_path
+from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import sample_metrics
 from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
@@ -25,7 +25,7 @@ def train(cfg: DictConfig) -> float | None:
     resume_from = None
     if cfg.ckpt_path is not None:  # resume: same model and data as the checkpoint, loops and optimizer restored
         cfg, _ = config_from_checkpoint(cfg)
-        resume_from = str(resolve_ckpt_path(cfg.ckpt_path))
+        resume_from = cfg.ckpt_path  # validate() made it the checkpoint file itself
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = run_dir(cfg)
 

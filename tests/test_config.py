@@ -1,0 +1,56 @@
+"""Config groups compose (Hydra's compose API, in process) and validate; the static data description
+agrees with what the loaders produce."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+from hydra.utils import instantiate
+
+from dgmrun.errors import DgmrunError
+from dgmrun.schema import DATA_SCHEMAS, validate
+from tests.conftest import MNIST_SMALL
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in files("dgmrun.conf").joinpath(group).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("group", ["task", "data", "trainer", "logger", "paths"])
+def test_every_option_composes_and_validates(cfg_factory, group):
+    for option in options(group):
+        extra = ["ckpt_path=."] if group == "task" and option != "train" else []
+        cfg = cfg_factory(f"{group}={option}", *extra)
+        if group == "task" and option != "train":
+            with pytest.raises(DgmrunError, match="last.ckpt|checkpoint"):
+                validate(cfg)  # '.' is a directory without a checkpoint: refused before any work
+            continue
+        validate(cfg)
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_composes_with_its_natural_data(cfg_factory, model):
+    data = "toy2d" if any(k in model for k in ("gan", "gmmn")) and "dc" not in model else "digits"
+    try:
+        validate(cfg_factory(f"model={model}", f"data={data}"))
+    except DgmrunError:
+        validate(cfg_factory(f"model={model}", "data=mnist"))  # models made for 28 px images
+
+
+def test_relative_roots_become_absolute(cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = cfg_factory("data=mnist", "data.root=some/where")
+    validate(cfg)
+    assert cfg.data.root == str(tmp_path / "some" / "where")
+
+
+@pytest.mark.parametrize("overrides", [["data=digits"], ["data=digits", "data.binarize=none"],
+                                       ["data=toy2d", "data.num_train=500"], ["data=mnist", f"data.root={MNIST_SMALL}"]])
+def test_static_data_description_matches_the_loader(cfg_factory, overrides):
+    cfg = cfg_factory(*overrides)
+    validate(cfg)
+    predicted = DATA_SCHEMAS[cfg.data._target_](**{k: v for k, v in cfg.data.items()}).info()
+    assert instantiate(cfg.data).info == predicted

@@ -1,0 +1,75 @@
+"""NADE: autoregressive structure, a normalised distribution, and training on real digits."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from dgmrun.data.datamodule import MNISTLike
+from dgmrun.models.nade import NADE
+
+torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
+MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
+
+
+def info(shape):
+    return {"name": "t", "shape": list(shape), "num_classes": 0, "levels": 2}
+
+
+def test_logit_d_depends_only_on_earlier_dimensions():
+    torch.manual_seed(0)
+    model = NADE(info((1, 8, 8)), hidden_dim=16)
+    x = torch.bernoulli(torch.full((1, 1, 8, 8), 0.5))
+    jac = torch.autograd.functional.jacobian(lambda v: model.logits(v)[0], x).reshape(64, 64)
+    assert (jac.triu() == 0).all()  # d logit_d / d x_j = 0 for j >= d
+    assert (jac.tril(-1).abs().sum(1)[1:] > 0).all()  # and it does depend on every earlier pixel
+
+
+def test_probabilities_of_all_binary_images_sum_to_one():
+    torch.manual_seed(0)
+    model = NADE(info((1, 2, 5)), hidden_dim=7)
+    with torch.no_grad():
+        model.b.normal_()
+        model.V.normal_()
+        model.W.normal_()
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=10))).view(-1, 1, 2, 5)
+    total = model.log_likelihood(images).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_samples_follow_the_model():
+    """Ancestral samples of a tiny NADE have the enumerated probabilities (chi-square-ish check)."""
+    torch.manual_seed(0)
+    model = NADE(info((1, 1, 3)), hidden_dim=5)
+    with torch.no_grad():
+        model.W.normal_(std=2.0)
+        model.b.normal_()
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3))).view(-1, 1, 1, 3)
+    p = model.log_likelihood(images).exp().detach()
+    s = model.sample(20000, torch.Generator().manual_seed(0)).view(-1, 3)
+    codes = (s * torch.tensor([4.0, 2.0, 1.0])).sum(1).long()
+    freq = torch.bincount(codes, minlength=8).float() / 20000
+    assert torch.allclose(freq, p, atol=0.015)
+
+
+def test_trains_on_mnist_small_and_samples():
+    if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("mnist-small not found")
+    torch.manual_seed(0)
+    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
+    model = NADE(dm.info.to_dict(), hidden_dim=32, optimizer={"lr": 5e-3})
+    losses: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    pl.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(model, datamodule=dm)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 100
+    samples = model.sample(4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}

@@ -1,0 +1,26 @@
+"""Training paths in process with a real Lightning Trainer: LR schedules and bf16 mixed precision."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from dgmrun.checkpoint import build_model
+
+
+@pytest.mark.parametrize("scheduler,precision", [("cosine", "32-true"), ("step", "bf16-mixed")])
+def test_vae_fits_with_a_scheduler_and_precision(cfg_factory, scheduler, precision):
+    cfg = cfg_factory(f"model.scheduler={{name: {scheduler}, step_size: 1, gamma: 0.5}}", "model.latent_dim=4")
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule.info)
+    trainer = pl.Trainer(max_epochs=2, precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, datamodule=datamodule)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    if scheduler == "cosine":  # annealed over all steps of the run: back to ~0 at the end
+        assert lr == pytest.approx(0.0, abs=1e-6)
+    else:  # halved after each of the 2 epochs
+        assert lr == pytest.approx(cfg.model.optimizer.lr * 0.25)
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
