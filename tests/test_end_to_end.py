@@ -128,3 +128,12 @@ def test_multirun_sweeps_and_survives_a_failing_job(tmp_path):
     finished = [j for j in jobs if (j / "metrics.json").is_file()]
     assert len(finished) == 2, out.stdout + out.stderr
     assert "model.latent_dim must be > 0" in out.stderr
+
+
+def test_optuna_search_preset_runs_trials_and_reports_the_best(tmp_path):
+    out = run_dgmrun("hparams_search=vae_optuna", "trainer=debug", "hydra.sweeper.n_trials=2", "hydra.sweep.dir=opt",
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = (tmp_path / "opt" / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.latent_dim" in results
+    assert len([d for d in (tmp_path / "opt").iterdir() if (d / "metrics.json").is_file()]) == 2

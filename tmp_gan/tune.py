@@ -8,13 +8,14 @@ shape, batches = sys.argv[1], int(sys.argv[2])
 kw = {}
 for a in sys.argv[3:]:
     k, v = a.split("=", 1); kw[k] = json.loads(v)
-seed = kw.pop("seed", 0); lr_d = kw.pop("lr_d", 2e-4); lr_g = kw.pop("lr_g", 2e-4); b1 = kw.pop("b1", 0.5)
+cos = kw.pop("cosine", 0); seed = kw.pop("seed", 0); lr_d = kw.pop("lr_d", 2e-4); lr_g = kw.pop("lr_g", 2e-4); b1 = kw.pop("b1", 0.5)
 torch.manual_seed(seed)
 g = torch.Generator().manual_seed(seed)
 data, _ = sample_toy2d(shape, 100000, g)
 m = GAN({"name": "toy2d", "shape": [2], "num_classes": 8, "levels": None},
         optimizer_g={"lr": lr_g, "betas": (b1, 0.999)}, optimizer_d={"lr": lr_d, "betas": (b1, 0.999)}, **kw)
 opt_d, opt_g = m.configure_optimizers()
+scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=batches) for o in (opt_d, opt_g)] if cos else []
 centers, std = toy2d_modes(shape)
 t0 = time.time()
 k = m.n_critic
@@ -30,6 +31,7 @@ for it in range(batches):
         l, _ = m.g_loss(x, None); opt_g.zero_grad(); l.backward(); opt_g.step()
         for p in m.discriminator.parameters(): p.requires_grad_(True)
         if m.ema is not None: m.ema.update(m.generator)
+    for sc in scheds: sc.step()
     if (it + 1) % (batches // 4) == 0:
         m.eval()
         s = m.sample(2500, torch.Generator().manual_seed(0))

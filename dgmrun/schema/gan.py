@@ -140,3 +140,48 @@ class GMMNConfig(ModelConfig):
 
 
 SCHEMAS["dgmrun.models.gmmn.GMMN"] = GMMNConfig
+
+
+@dataclass
+class InfoGANConfig(GANConfig):
+    num_categorical: int = 1
+    categorical_dim: int = 10
+    continuous_dim: int = 2
+    info_weight: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        require(self.num_categorical >= 0 and self.continuous_dim >= 0,
+                 "model.num_categorical and model.continuous_dim must be >= 0")
+        require(self.num_categorical == 0 or self.categorical_dim >= 2,
+                 f"model.categorical_dim must be >= 2, got {self.categorical_dim}")
+        require(self.num_categorical + self.continuous_dim > 0, "InfoGAN needs at least one code")
+        require(self.info_weight >= 0, f"model.info_weight must be >= 0, got {self.info_weight}")
+
+
+@dataclass
+class EBGANConfig(GANConfig):
+    pack: int = 1
+    margin: float = 1.0
+    pt_weight: float = 0.1
+    code_dim: int = 32
+
+    def check(self) -> None:
+        super().check()
+        require(self.pack == 1, f"model.pack must be 1 for EBGAN, got {self.pack}")
+        require(self.margin > 0, f"model.margin must be > 0, got {self.margin}")
+        require(self.pt_weight >= 0, f"model.pt_weight must be >= 0, got {self.pt_weight}")
+        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
+
+
+@dataclass
+class BiGANConfig(GANConfig):
+    e_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+
+    def check(self) -> None:
+        super().check()
+        _widths("model.e_hidden_dims", self.e_hidden_dims)
+
+
+SCHEMAS.update({"dgmrun.models.infogan.InfoGAN": InfoGANConfig, "dgmrun.models.ebgan.EBGAN": EBGANConfig,
+                "dgmrun.models.bigan.BiGAN": BiGANConfig})

@@ -1,0 +1,127 @@
+"""InfoGAN (Chen et al. 2016): a GAN whose latent code c is kept recoverable from G(z, c).
+
+G's input is [z, c]: c holds ``num_categorical`` categorical codes of ``categorical_dim`` values
+(one-hot, uniform) and ``continuous_dim`` continuous codes ~ U(-1, 1). A Q head on D's body (the
+two share everything but their last layers) predicts c from G(z, c): logits for the categorical
+codes, a mean for the continuous ones (a unit-variance Gaussian). Both players add ``info_weight``
+times L_I = -E[log Q(c | G(z, c))] (cross-entropy + squared error / 2, up to a constant) to their
+adversarial loss; by eq. 4 of the paper,  I(c; G(z, c)) >= H(c) - L_I  (logged as
+``train/mi_lower_bound``, the continuous part up to its constant). With packing, the Q head
+predicts the codes of every sample of a pack.
+
+``figures`` gives one latent traversal grid per code, 8 rows × 8 columns: every row keeps one z
+and the other codes fixed (continuous ones at 0); across a row, a categorical code takes its
+values 0, 1, ... (cycling when it has fewer than 8) and a continuous code sweeps -2 to 2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgmrun.models.gan import GAN, gradient_penalty
+from dgmrun.nets.gan_blocks import pack_samples
+
+
+class InfoGAN(GAN):
+    def __init__(self, data_info: dict[str, Any], num_categorical: int = 1, categorical_dim: int = 10,
+                 continuous_dim: int = 2, info_weight: float = 1.0, **gan_args: Any):
+        self.num_categorical, self.categorical_dim, self.continuous_dim = num_categorical, categorical_dim, continuous_dim
+        super().__init__(data_info, **gan_args)
+        self.save_hyperparameters()
+        self.info_weight = info_weight
+        code_out = num_categorical * categorical_dim + continuous_dim
+        features = self.discriminator.features
+        self.q_head = nn.Sequential(nn.Linear(features, 128), nn.LeakyReLU(0.2), nn.Linear(128, self.pack * code_out))
+
+    @property
+    def code_dim(self) -> int:
+        return self.num_categorical * self.categorical_dim + self.continuous_dim
+
+    def generator_input_dim(self) -> int:
+        return self.latent_dim + self.code_dim
+
+    # ------------------------------------------------------------------ codes
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(categorical indices n × num_categorical, continuous codes n × continuous_dim)."""
+        cat = torch.randint(self.categorical_dim, (n, self.num_categorical), generator=generator, device=self.device)
+        cont = torch.rand(n, self.continuous_dim, generator=generator, device=self.device) * 2 - 1
+        return cat, cont
+
+    def code_vector(self, cat: Tensor, cont: Tensor) -> Tensor:
+        return torch.cat([F.one_hot(cat, self.categorical_dim).flatten(1).float(), cont], dim=1)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """[z, onehot(c_cat), c_cont] for fresh codes."""
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return torch.cat([z, self.code_vector(*self.sample_codes(n, generator))], dim=1)
+
+    def info_loss(self, fake: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_I, lower bound H(c) - L_I) for generated samples and the latents they came from."""
+        h = self.discriminator.body(pack_samples(fake, self.pack))
+        q = self.q_head(h).float().reshape(len(fake), self.code_dim)
+        k, m = self.categorical_dim, self.num_categorical
+        codes = latent[:, self.latent_dim:]
+        cat_target = codes[:, : m * k].reshape(-1, m, k).argmax(-1)
+        ce = F.cross_entropy(q[:, : m * k].reshape(-1, k), cat_target.reshape(-1), reduction="sum") / len(fake)
+        mse = 0.5 * ((q[:, m * k:] - codes[:, m * k:]) ** 2).sum(1).mean()
+        loss = ce + mse
+        return loss, (m * math.log(k) - loss).detach()
+
+    # ------------------------------------------------------------------ the players
+    def d_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        latent = self.sample_latent(len(x))
+        fake = self.generator(latent)
+        if self._single_process:
+            fake = fake.detach()
+        real_logits, fake_logits = self.critic(x).float(), self.critic(fake).float()
+        adversarial = self.d_loss_fn(real_logits, fake_logits)
+        info, bound = self.info_loss(fake, latent)
+        loss = adversarial + self.info_weight * info
+        logs = {"d_adversarial": adversarial.detach(), "info_loss": info.detach(), "mi_lower_bound": bound}
+        if self.loss_name == "wgan_gp":
+            gp = gradient_penalty(self.critic, x, fake, self.pack)
+            loss = loss + self.gp_weight * gp
+            logs["gp"] = gp.detach()
+        return loss, logs
+
+    def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        latent = self.sample_latent(len(x))
+        fake = self.generator(latent)
+        info, _ = self.info_loss(fake, latent)
+        return self.g_loss_fn(self.critic(fake).float()) + self.info_weight * info, {"g_info_loss": info.detach()}
+
+    def d_parameters(self) -> list[nn.Parameter]:
+        return super().d_parameters() + list(self.q_head.parameters())
+
+    # ------------------------------------------------------------------ figures
+    @torch.no_grad()
+    def traversals(self, rows: int = 8, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One grid per code: ``rows`` rows (one z and other codes each) × 8 columns (values of the code)."""
+        generator = generator or torch.Generator(self.device).manual_seed(0)
+        z = torch.randn(rows, self.latent_dim, generator=generator, device=self.device)
+        cat, cont = self.sample_codes(rows, generator)
+        cont = torch.zeros_like(cont)
+        grids: dict[str, Tensor] = {}
+        cols = 8
+        for i in range(self.num_categorical):
+            c = cat[:, None, :].repeat(1, cols, 1)
+            c[:, :, i] = torch.arange(cols, device=self.device) % self.categorical_dim
+            latent = torch.cat([z[:, None].expand(-1, cols, -1).reshape(rows * cols, -1),
+                                self.code_vector(c.reshape(rows * cols, -1), cont.repeat_interleave(cols, 0))], 1)
+            grids[f"traversal_categorical{i}"] = latent
+        for j in range(self.continuous_dim):
+            v = cont[:, None, :].repeat(1, cols, 1)
+            v[:, :, j] = torch.linspace(-2, 2, cols, device=self.device)
+            latent = torch.cat([z[:, None].expand(-1, cols, -1).reshape(rows * cols, -1),
+                                self.code_vector(cat.repeat_interleave(cols, 0), v.reshape(rows * cols, -1))], 1)
+            grids[f"traversal_continuous{j}"] = latent
+        with self.ema_generator():
+            return {name: self.to_data_space(self.generator(latent).float()) for name, latent in grids.items()}
+
+    def figures(self, x: Tensor) -> dict[str, Tensor]:
+        return self.traversals() if self.data_info.is_image else {}

@@ -1,0 +1,107 @@
+"""PixelCNN: causality of plain and gated stacks (no blind spot), normalisation, training on digits."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from dgmrun.data.datamodule import MNISTLike
+from dgmrun.models.pixelcnn import PixelCNN
+
+torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
+MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
+
+
+def info(shape, levels=2, num_classes=0):
+    return {"name": "t", "shape": list(shape), "num_classes": num_classes, "levels": levels}
+
+
+def pixel_jacobian(model, x, labels=None):
+    """J[p, q] = sum over channels of |d logits at pixel p / d x at pixel q|, pixels in raster order."""
+    n_pix = x.shape[-1] * x.shape[-2]
+
+    def f(v):
+        out = model.logits(v, labels)
+        return out.reshape(out.shape[0], -1, n_pix)[0]  # (channels*outputs, pixels)
+
+    jac = torch.autograd.functional.jacobian(f, x)  # (K, P, 1, C, H, W)
+    return jac.abs().sum(0).reshape(n_pix, -1, n_pix).sum(1) if False else jac.abs().sum(0).reshape(n_pix, -1).view(n_pix, x.shape[1], n_pix).sum(1)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("levels", [2, 4])
+def test_output_at_a_pixel_depends_only_on_earlier_pixels(gated, levels):
+    torch.manual_seed(0)
+    model = PixelCNN(info((2, 8, 8), levels), channels=8, num_layers=4, kernel_size=5, gated=gated)
+    x = torch.randint(0, levels, (1, 2, 8, 8)).float() / (levels - 1)
+    jac = pixel_jacobian(model, x)
+    assert (jac.triu() == 0).all()  # nothing from the pixel itself or later ones
+    if gated:  # no blind spot: every earlier pixel is seen (4 layers of 5x5 cover the whole 8x8 past)
+        assert (jac.tril(-1) + torch.triu(torch.ones(64, 64)) > 0).all()
+
+
+def test_plain_pixelcnn_has_the_blind_spot_gated_does_not():
+    torch.manual_seed(0)
+    plain = PixelCNN(info((1, 10, 10)), channels=8, num_layers=2, kernel_size=3, gated=False)
+    x = torch.bernoulli(torch.full((1, 1, 10, 10), 0.5))
+    jac = pixel_jacobian(plain, x)
+    # pixel (5, 3) and the pixel up-right of its receptive field (3, 8): reachable only without a blind spot
+    assert jac[5 * 10 + 3, 4 * 10 + 3] > 0
+
+
+def test_conditional_causality_and_labels_matter():
+    torch.manual_seed(0)
+    for gated in (False, True):
+        model = PixelCNN(info((1, 6, 6), 2, num_classes=3), channels=8, num_layers=3, kernel_size=3, gated=gated,
+                         conditional=True)
+        x = torch.bernoulli(torch.full((1, 1, 6, 6), 0.5))
+        jac = pixel_jacobian(model, x, torch.tensor([1]))
+        assert (jac.triu() == 0).all()
+        a = model.log_prob(x, torch.tensor([0]))
+        b = model.log_prob(x, torch.tensor([2]))
+        assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("shape, levels", [((1, 3, 3), 2), ((1, 2, 2), 3)])
+def test_probabilities_of_all_images_sum_to_one(gated, shape, levels):
+    torch.manual_seed(0)
+    model = PixelCNN(info(shape, levels), channels=8, num_layers=3, kernel_size=3, gated=gated)
+    dims = shape[0] * shape[1] * shape[2]
+    images = torch.tensor(list(itertools.product(range(levels), repeat=dims))).float().view(-1, *shape) / (levels - 1)
+    with torch.no_grad():
+        total = model.log_prob(images).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_conditional_sampling_uses_the_requested_classes():
+    model = PixelCNN(info((1, 4, 4), 2, num_classes=10), channels=4, num_layers=2, kernel_size=3, conditional=True)
+    assert model.grid_labels(24, [3, 7]).tolist() == [3] * 8 + [7] * 8 + [3] * 8
+    assert model.grid_labels(16).tolist() == [0] * 8 + [1] * 8
+    s1 = model.sample(16, torch.Generator().manual_seed(1), classes=[3, 7])
+    s2 = model.sample(16, torch.Generator().manual_seed(1), classes=[3, 7])
+    assert torch.equal(s1, s2) and s1.shape == (16, 1, 4, 4)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_trains_on_mnist_small_and_samples(gated):
+    if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("mnist-small not found")
+    torch.manual_seed(0)
+    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=16, binarize="dynamic")
+    model = PixelCNN(dm.info.to_dict(), channels=16, num_layers=3, kernel_size=3, gated=gated, optimizer={"lr": 3e-3})
+    losses: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(model, datamodule=dm)
+    assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
+    samples = model.eval().sample(2, torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
