@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from typing import Any
 from urllib.parse import urlparse
 
@@ -63,8 +64,6 @@ def finish_loggers(loggers: list[Any], failed: bool) -> None:
             logger.finalize("failed" if failed else "success")
         except Exception as e:  # a logger that cannot close must not hide the run's own outcome
             log.warning("could not close logger %s: %s", type(logger).__name__, e)
-    if "wandb" in __import__("sys").modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+    wandb = sys.modules.get("wandb")  # only if this run imported it
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)

@@ -24,3 +24,16 @@ def test_vae_fits_with_a_scheduler_and_precision(cfg_factory, scheduler, precisi
     else:  # halved after each of the 2 epochs
         assert lr == pytest.approx(cfg.model.optimizer.lr * 0.25)
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def test_test_metrics_are_computed_in_float32_under_bf16(cfg_factory):
+    cfg = cfg_factory("model.latent_dim=4")
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule.info)
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    pl.Trainer(max_epochs=1, enable_checkpointing=False, **quiet).fit(model, datamodule=datamodule)
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        torch.manual_seed(0)
+        results[precision] = pl.Trainer(precision=precision, **quiet).test(model, datamodule=datamodule, verbose=False)[0]
+    assert results["bf16-mixed"]["test/nll"] == pytest.approx(results["32-true"]["test/nll"], abs=1e-4)
