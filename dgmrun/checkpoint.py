@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -82,7 +82,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu",
     record = checkpoint["dgmrun"]
     model_cfg = OmegaConf.merge(record["config"]["model"], model_overrides or {})
     info = DataInfo.from_dict(checkpoint["hyper_parameters"]["data_info"])
-    get_class(model_cfg["_target_"])  # a clear ImportError before anything else if the class is gone
     model = build_model(model_cfg, info)
     try:
         model.load_state_dict(checkpoint["state_dict"])
