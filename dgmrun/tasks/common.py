@@ -105,11 +105,21 @@ def _prepare_ddp_relaunch() -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
+def _share_cpu_threads(processes: int) -> None:
+    """Several CPU ranks on one machine: give each its share of the cores (as torchrun does), since
+    every rank's torch would otherwise start a thread per core and the ranks would thrash."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, processes))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the ranks Lightning starts
+
+
 def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], **overrides: Any) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(overrides)
     if "ddp" in str(trainer_cfg.get("strategy", "")):
         _prepare_ddp_relaunch()
+        if trainer_cfg.get("accelerator") == "cpu":
+            _share_cpu_threads(int(trainer_cfg.get("devices") or 1))
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                            default_root_dir=str(run_dir(cfg)), plugins=[AtomicCheckpointIO()])
