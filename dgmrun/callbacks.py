@@ -94,3 +94,28 @@ class Throughput(pl.Callback):
         if self.samples_per_s is not None:
             for logger in trainer.loggers:
                 logger.log_metrics({"perf/train_samples_per_s": self.samples_per_s}, step=trainer.global_step)
+
+
+class SampleQuality(pl.Callback):
+    """``val/fid``, ``val/kid``, ``val/is``, ``val/precision``, ... every ``every_n_epochs`` epochs, from
+    ``num_samples`` samples (the model's ``sample()``, so EMA weights where a model keeps them), logged so
+    the loggers chart them over training. ``scorer`` is a ``dgmrun.metrics.samples.SampleScorer``; without
+    a feature network for the data it logs one note and does nothing."""
+
+    def __init__(self, scorer: Any, every_n_epochs: int, num_samples: int, seed: int = 0, batch_size: int = 500):
+        self.scorer, self.every_n_epochs, self.num_samples = scorer, every_n_epochs, num_samples
+        self.seed, self.batch_size = seed, batch_size
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: GenerativeModel) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.sanity_checking or not self.every_n_epochs or epoch % self.every_n_epochs:
+            return
+        if not trainer.is_global_zero:
+            return
+        from dgmrun.metrics.samples import sample_metrics
+
+        metrics = sample_metrics(pl_module, trainer.datamodule, self.num_samples, self.seed, self.batch_size,
+                                 prefix="val", scorer=self.scorer)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                pl_module.log(key, float(value), rank_zero_only=True)

@@ -34,9 +34,12 @@ class SampleConfig:
     seed: int = 0
     every_n_epochs: int = 5
     batch_size: int = 256
+    classes: Optional[list[int]] = None
 
     def check(self) -> None:
         require(self.num > 0, f"sample.num must be > 0, got {self.num}")
+        require(self.classes is None or (len(self.classes) > 0 and all(c >= 0 for c in self.classes)),
+                 f"sample.classes must be a non-empty list of class indices or null, got {self.classes}")
         require(self.every_n_epochs >= 0, f"sample.every_n_epochs must be >= 0, got {self.every_n_epochs}")
         require(self.batch_size > 0, f"sample.batch_size must be > 0, got {self.batch_size}")
 
@@ -46,8 +49,31 @@ class EvalConfig:
     num_importance_samples: int = 100
     batch_size: int = 100
     num_samples: int = 2500
+    ais_chains: int = 100
+    ais_betas: int = 1000
+    # sample-quality metrics (dgmrun.metrics.samples)
+    feature_network: str = "auto"
+    inception_weights: Optional[str] = None
+    reference_split: str = "train"
+    reference_num_samples: int = 0
+    kid_subset_size: int = 1000
+    kid_num_subsets: int = 100
+    pr_num_samples: int = 10000
+    every_n_epochs: int = 0
+    num_samples_during_training: int = 2000
+    samples: Optional[str] = None
 
     def check(self) -> None:
+        require(self.feature_network in ("auto", "classifier", "inception", "none"),
+                f"eval.feature_network must be one of auto, classifier, inception, none, got {self.feature_network!r}")
+        require(self.reference_split in ("train", "val", "test"),
+                f"eval.reference_split must be one of train, val, test, got {self.reference_split!r}")
+        for key in ("kid_subset_size", "kid_num_subsets", "pr_num_samples", "num_samples_during_training"):
+            require(getattr(self, key) > 0, f"eval.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("reference_num_samples", "every_n_epochs"):
+            require(getattr(self, key) >= 0, f"eval.{key} must be >= 0, got {getattr(self, key)}")
+        require(self.ais_chains > 0, f"eval.ais_chains must be > 0, got {self.ais_chains}")
+        require(self.ais_betas > 0, f"eval.ais_betas must be > 0, got {self.ais_betas}")
         require(self.num_importance_samples > 0,
                  f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
         require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
@@ -162,7 +188,10 @@ def validate(cfg: DictConfig) -> None:
     # checkpoints used from elsewhere.
     if cfg.data.get("root"):
         cfg.data.root = resolve_path(str(cfg.data.root))
+    if cfg.eval.get("samples"):
+        cfg.eval.samples = resolve_path(str(cfg.eval.samples))
     if cfg.ckpt_path is not None:
         cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path))
-    elif cfg.task.name in ("sample", "eval"):
-        raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>")
+    elif cfg.task.name == "sample" or (cfg.task.name == "eval" and not cfg.eval.get("samples")):
+        also = " or eval.samples=<folder of PNG/JPEG images or .npz>" if cfg.task.name == "eval" else ""
+        raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>{also}")

@@ -1,4 +1,5 @@
-"""``task=eval``: recompute a checkpoint's test metrics into this run's metrics.json."""
+"""``task=eval``: recompute a checkpoint's test metrics into this run's metrics.json, or (``eval.samples=PATH``)
+score a folder of images or an .npz made by any tool against the data's reference statistics."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from omegaconf import DictConfig
 
 from dgmrun.checkpoint import load_model
 from dgmrun.loggers import finish_loggers
-from dgmrun.metrics.samples import sample_metrics
+from dgmrun.metrics.samples import sample_metrics, score_sample_file
 from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
 
 
 def evaluate(cfg: DictConfig) -> float | None:
+    if cfg.eval.get("samples"):
+        return evaluate_samples(cfg)
     cfg, _ = config_from_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = load_model(cfg.ckpt_path, map_location=pick_device(cfg), model_overrides=dict(cfg.model))
@@ -27,7 +30,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         results = trainer.test(model, datamodule=datamodule, verbose=False)
         metrics: dict[str, Any] = dict(results[0]) if results else {}
         if trainer.is_global_zero:
-            metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed))
+            metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg))
         failed = False
     finally:
         finish_loggers(loggers, failed)
@@ -37,3 +40,16 @@ def evaluate(cfg: DictConfig) -> float | None:
     write_run_files(cfg, metrics)
     nll = metrics.get("test/nll")
     return float(nll) if nll is not None else None
+
+
+def evaluate_samples(cfg: DictConfig) -> float | None:
+    """Sample metrics of ``eval.samples`` (no checkpoint needed; with one, its data settings are used)."""
+    if cfg.ckpt_path is not None:
+        cfg, _ = config_from_checkpoint(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    metrics = score_sample_file(cfg, datamodule, cfg.eval.samples, cfg.seed, pick_device(cfg))
+    metrics["test/samples"] = str(cfg.eval.samples)
+    write_run_files(cfg, metrics)
+    fid = metrics.get("test/fid")
+    return float(fid) if fid is not None else None

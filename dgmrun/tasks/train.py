@@ -9,10 +9,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from dgmrun.callbacks import SampleGrids, Throughput
+from dgmrun.callbacks import SampleGrids, SampleQuality, Throughput
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
-from dgmrun.metrics.samples import sample_metrics
+from dgmrun.metrics.samples import SampleScorer, sample_metrics
 from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
 
 
@@ -40,8 +40,12 @@ def train(cfg: DictConfig) -> float | None:
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss",
                            enable_version_counter=False) if has_validation_loss(model) else None
     throughput = Throughput()
+    scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
+    scorer.check()
     callbacks = [last, *([best] if best else []), throughput,
                  SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size)]
+    if cfg.eval.every_n_epochs > 0:
+        callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
     loggers = make_loggers(cfg)
     failed = True
     try:
@@ -58,7 +62,7 @@ def train(cfg: DictConfig) -> float | None:
             if "test/nll" in metrics:
                 metrics["test/nll_estimator"] = model.nll_estimator
             if trainer.is_global_zero:
-                metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed))
+                metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg, scorer=scorer))
         failed = False
     finally:
         finish_loggers(loggers, failed)
