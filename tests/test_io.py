@@ -31,6 +31,14 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    with atomic_open(tmp_path / "a.json", "w") as f:
+        f.write("{}")
+    plain = tmp_path / "b.json"
+    plain.write_text("{}")
+    assert (tmp_path / "a.json").stat().st_mode == plain.stat().st_mode
+
+
 def test_samples_npz_for_images_and_points(tmp_path):
     images = torch.rand(5, 3, 4, 4)
     save_samples_npz(tmp_path / "i.npz", images)
