@@ -39,8 +39,8 @@ def trained():
     torch.manual_seed(0)
     dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
     dm.setup("fit")
-    model = IWAE(dm.info.to_dict(), k=5, latent_dim=8, hidden_dims=[128], optimizer={"lr": 2e-3})
-    losses = train(model, dm, 200)
+    model = IWAE(dm.info.to_dict(), k=5, latent_dim=8, hidden_dims=[64], optimizer={"lr": 2e-3})
+    losses = train(model, dm, 150)
     dm.setup("test")
     x = next(iter(dm.test_dataloader()))[0][:100]
     return model.eval(), losses, x

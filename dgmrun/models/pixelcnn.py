@@ -54,7 +54,7 @@ class PixelCNN(GenerativeModel):
         if self.levels == 2:
             return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
         target = torch.round(x * (self.levels - 1)).long()
-        return -F.cross_entropy(logits, target, reduction="none").flatten(1).sum(1)
+        return -F.cross_entropy(logits.transpose(1, 2), target, reduction="none").flatten(1).sum(1)
 
     # ------------------------------------------------------------------ Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

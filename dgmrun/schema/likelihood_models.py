@@ -104,7 +104,7 @@ class VQVAEConfig(ModelConfig):
         require(len(self.channels) == 2 and all(c > 0 for c in self.channels),
                  f"model.channels must be two positive channel counts, got {list(self.channels)}")
         require(self.commitment >= 0, f"model.commitment must be >= 0, got {self.commitment}")
-        require(0 <= self.ema_decay < 1, f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        require(0 < self.ema_decay < 1, f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
 
     def check_data(self, info: DataInfo) -> None:
         require(info.is_image, f"model vqvae needs images, but data {info.name} gives points")

@@ -1,0 +1,216 @@
+"""Restricted Boltzmann machine (Smolensky 1986; Hinton 2002) trained by CD-k or persistent CD.
+
+Energy (Bernoulli visibles v in {0,1}^D, Bernoulli hiddens h in {0,1}^H, W: D×H):
+    E(v, h) = -b.v - c.h - v.W.h,     p(h_j = 1 | v) = sigmoid(c_j + v.W_j),  p(v_i = 1 | h) = sigmoid(b_i + W_i.h);
+free energy  F(v) = -log sum_h exp(-E(v, h)) = -b.v - sum_j softplus(c_j + v.W_j),  p(v) = exp(-F(v)) / Z.
+Gaussian-Bernoulli (``visible=gaussian``, unit variance, for real-valued data):
+    E(v, h) = |v - b|^2 / 2 - c.h - v.W.h,   v | h ~ N(b + W h, I),   F(v) = |v - b|^2 / 2 - sum_j softplus(c_j + v.W_j).
+
+Learning (lecture 000): d log p(v) / d theta = -dF(v)/d theta + E_model[dF/d theta]. CD-k estimates the
+model expectation with k Gibbs steps started at the data; persistent CD (Tieleman 2008) continues
+``num_chains`` chains from one update to the next (their hidden states kept in ``chain_hidden``). We minimise
+
+    loss = mean_data F(v) - mean_chains F(v~),   v~ detached (no gradient through the sampler),
+
+whose gradient is exactly the CD / PCD update (dF/dW = -v sigmoid(c + v W)^T, ...), so a standard
+optimizer and Lightning's automatic optimisation apply. The optimizer is plain SGD with
+``model.optimizer.lr`` (and weight_decay): W <- W + lr (<v h>_data - <v h>_chains), batch means.
+
+Evaluation: test NLL = F(v) + log Z with log Z from AIS (``dgmrun.metrics.likelihood``, Salakhutdinov
+& Murray 2008), ``eval.ais_chains`` chains and ``eval.ais_betas`` intermediate distributions, computed
+once per test run; test/log_z and its standard error test/nll_std (= the spread of log Z, shared by
+every example) are logged. Gaussian visibles: the NLL is of a density, not a probability mass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgmrun.metrics.likelihood import ais_log_partition, bernoulli
+from dgmrun.models.base import GenerativeModel
+
+AIS_SEED = 1234  # fixed, so task=eval gives the same log Z for the same checkpoint and settings
+
+
+class RBM(GenerativeModel):
+    def __init__(self, data_info: dict[str, Any], hidden_dim: int = 500, visible: str = "auto", cd_k: int = 1,
+                 persistent: bool = False, num_chains: int = 100, sample_gibbs_steps: int = 1000,
+                 optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
+        super().__init__(data_info, optimizer, scheduler)
+        self.save_hyperparameters()
+        info = self.data_info
+        self.gaussian = visible == "gaussian" or (visible == "auto" and not info.is_binary)
+        self.cd_k, self.persistent, self.sample_gibbs_steps = cd_k, persistent, sample_gibbs_steps
+        d = info.num_dims
+        self.W = nn.Parameter(torch.randn(d, hidden_dim) * 0.01)
+        self.b = nn.Parameter(torch.zeros(d))
+        self.c = nn.Parameter(torch.zeros(hidden_dim))
+        # Persistent CD's fantasy particles, stored as their hidden states (as scikit-learn does): each update
+        # draws v~ | h, then h | v~ from the same pre-activations that the loss needs anyway.
+        self.register_buffer("chain_hidden", torch.zeros(num_chains, hidden_dim))
+        # Running mean of the training data: the base-rate model of AIS.
+        self.register_buffer("data_mean", torch.full((d,), 0.5 if not self.gaussian else 0.0))
+        self.register_buffer("data_seen", torch.zeros(()))
+        self._ais: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------ the model
+    def free_energy(self, v: Tensor, pre: Tensor | None = None) -> Tensor:
+        """F(v); ``pre`` = c + v W when already computed."""
+        hidden = F.softplus(v @ self.W + self.c if pre is None else pre).sum(-1)
+        if self.gaussian:
+            return 0.5 * ((v - self.b) ** 2).sum(-1) - hidden
+        return -(v @ self.b) - hidden
+
+    def hidden_probs(self, v: Tensor) -> Tensor:
+        return torch.sigmoid(v @ self.W + self.c)
+
+    def visible_mean(self, h: Tensor) -> Tensor:
+        pre = h @ self.W.T + self.b
+        return pre if self.gaussian else torch.sigmoid(pre)
+
+    def sample_visible(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mean = self.visible_mean(h)
+        if self.gaussian:
+            return mean + torch.randn(mean.shape, generator=generator, device=mean.device)
+        return bernoulli(mean, generator)
+
+    @torch.no_grad()
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        for _ in range(steps):
+            v = self.sample_visible(bernoulli(self.hidden_probs(v), generator), generator)
+        return v
+
+    def reconstruction_error(self, v: Tensor) -> Tensor:
+        """Per-example mean squared error of the mean-field reconstruction E[v | E[h | v]]."""
+        return ((v - self.visible_mean(self.hidden_probs(v))) ** 2).mean(-1)
+
+    def pseudo_log_likelihood(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """scikit-learn's ``BernoulliRBM.score_samples``: flip one random bit i per example,
+        D log sigmoid(F(v with bit i flipped) - F(v)) (a stochastic estimate of D log p(v_i | v_-i))."""
+        idx = torch.randint(0, v.shape[1], (len(v),), generator=generator, device=v.device)
+        flipped = v.clone()
+        rows = torch.arange(len(v), device=v.device)
+        flipped[rows, idx] = 1 - flipped[rows, idx]
+        return v.shape[1] * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
+
+    # ------------------------------------------------------------------ Lightning steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        v = x.flatten(1)
+        self._ais = None  # the weights change: any cached log Z is stale
+        with torch.no_grad():
+            n = self.data_seen + len(v)
+            self.data_mean += (v.sum(0) - len(v) * self.data_mean) / n
+            self.data_seen.copy_(n)
+        # Matrix products per update as in scikit-learn's PCD: c + v W (shared by F(v) and the first Gibbs step),
+        # v~ | h, c + v~ W (shared by F(v~) and the next chain state), and the two of the backward pass.
+        pre = v @ self.W + self.c
+        with torch.no_grad():
+            h = self.chain_hidden if self.persistent else bernoulli(torch.sigmoid(pre), None)
+            negative = self.gibbs(self.sample_visible(h), self.cd_k - 1)
+        pre_negative = negative @ self.W + self.c
+        loss = self.free_energy(v, pre).mean() - self.free_energy(negative, pre_negative).mean()
+        if self.persistent:
+            self.chain_hidden.copy_(bernoulli(torch.sigmoid(pre_negative.detach()), None))
+        self.last_negative = negative
+        if batch_idx % 10 == 0:  # every 10th update only: one more matrix product, and logging has a cost
+            with torch.no_grad():
+                recon = self.reconstruction_error(v).mean()
+            self.log_dict({"train/recon_error": recon, "train/loss": loss.detach()}, batch_size=len(x))
+            self.log("recon", recon, prog_bar=True, logger=False, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        v = x.flatten(1)
+        metrics = {"val/recon_error": self.reconstruction_error(v).mean()}
+        if not self.gaussian:
+            # val/loss (best checkpoint): the negative pseudo-log-likelihood, cheap and free of log Z.
+            g = torch.Generator(v.device).manual_seed(batch_idx)
+            metrics["val/loss"] = -self.pseudo_log_likelihood(v, g).mean()
+        else:
+            metrics["val/loss"] = metrics["val/recon_error"]
+        self.log_dict(metrics, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        s = self.optimizer_settings
+        optimizer = torch.optim.SGD(self.parameters(), lr=s["lr"], weight_decay=s.get("weight_decay", 0.0))
+        scheduler = self.make_scheduler(optimizer)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ GenerativeModel
+    def ais_settings(self) -> tuple[int, int]:
+        return int(self.eval_settings.get("ais_chains", 100)), int(self.eval_settings.get("ais_betas", 1000))
+
+    @property
+    def nll_estimator(self) -> str:
+        chains, betas = self.ais_settings()
+        return f"ais-c{chains}-b{betas}"
+
+    def base_rate_bias(self) -> Tensor:
+        if self.gaussian:
+            return self.data_mean
+        mean = self.data_mean.clamp(1e-3, 1 - 1e-3) if self.data_seen > 0 else torch.full_like(self.data_mean, 0.5)
+        return torch.log(mean) - torch.log1p(-mean)
+
+    @torch.no_grad()
+    def log_partition(self) -> tuple[Tensor, Tensor]:
+        """(log Z, standard error) by AIS, cached until the next training step."""
+        if self._ais is None:
+            chains, betas = self.ais_settings()
+            generator = torch.Generator(self.device).manual_seed(AIS_SEED)
+            self._ais = ais_log_partition(self.W, self.b, self.c, self.base_rate_bias(), chains, betas, generator,
+                                          self.gaussian)
+        return self._ais
+
+    def on_test_start(self) -> None:
+        self._ais = None  # eval settings may have changed
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor) -> Tensor:
+        log_z, _ = self.log_partition()
+        return -self.free_energy(x.flatten(1)) - log_z
+
+    @torch.no_grad()
+    def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        v = x.flatten(1)
+        log_z, std = self.log_partition()
+        ones = torch.ones(len(v), device=v.device)
+        metrics = {"log_z": log_z * ones, "nll_std": std * ones, "recon_error": self.reconstruction_error(v)}
+        if not self.gaussian:
+            metrics["pseudo_nll"] = -self.pseudo_log_likelihood(v, torch.Generator(v.device).manual_seed(0))
+        return metrics
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``sample_gibbs_steps`` of Gibbs sampling from random visibles; images show the last E[v | h]."""
+        d = self.data_info.num_dims
+        if self.gaussian:
+            v = self.data_mean + torch.randn(n, d, generator=generator, device=self.device)
+        else:
+            v = bernoulli(torch.full((n, d), 0.5, device=self.device), generator)
+        v = self.gibbs(v, self.sample_gibbs_steps - 1, generator)
+        h = bernoulli(self.hidden_probs(v), generator)
+        out = self.visible_mean(h) if self.data_info.is_image else self.sample_visible(h, generator)
+        if self.data_info.is_image:
+            out = out.clamp(0, 1)
+        return out.view(n, *self.data_info.shape)
+
+    @torch.no_grad()
+    def figures(self, x: Tensor) -> dict[str, Tensor]:
+        if not self.data_info.is_image or len(x) < 8:
+            return {}
+        x = x[: min(32, len(x)) // 8 * 8]
+        v = x.flatten(1)
+        recon = self.visible_mean(self.hidden_probs(v)).clamp(0, 1).view_as(x)
+        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1).reshape(-1, *x.shape[1:])
+        # Receptive fields of the first 64 hidden units, each scaled to [0, 1].
+        w = self.W[:, :64].T
+        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+        filters = ((w - lo) / (hi - lo + 1e-8)).reshape(-1, *self.data_info.shape)
+        return {"reconstructions": pairs, "filters": filters}

@@ -1,0 +1,133 @@
+"""RBM: free energy, the CD gradient, AIS against the exact partition function, training on digits."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from dgmrun.data.datamodule import MNISTLike
+from dgmrun.metrics.likelihood import ais_log_partition, exact_log_partition
+from dgmrun.models.rbm import RBM
+
+torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
+MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
+
+
+def info(shape, levels=2):
+    return {"name": "t", "shape": list(shape), "num_classes": 0, "levels": levels}
+
+
+def tiny_rbm(d=5, h=3, seed=0):
+    torch.manual_seed(seed)
+    model = RBM(info((1, 1, d)), hidden_dim=h)
+    with torch.no_grad():
+        model.W.normal_()
+        model.b.normal_()
+        model.c.normal_()
+    return model
+
+
+def test_free_energy_matches_enumeration_of_the_joint():
+    model = tiny_rbm()
+    v = torch.tensor(list(itertools.product([0.0, 1.0], repeat=5)))
+    h = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
+    energy = -(v @ model.b)[:, None] - (h @ model.c)[None] - v @ model.W @ h.T  # (2^5, 2^3)
+    expected = -torch.logsumexp(-energy, 1)
+    assert torch.allclose(model.free_energy(v), expected, atol=1e-5)
+    # ... and the exact log Z by hidden enumeration is the log of the sum over all (v, h).
+    assert exact_log_partition(model.W, model.b, model.c).item() == pytest.approx(torch.logsumexp(-energy.flatten(), 0).item(), abs=1e-5)
+    # so exp(-F(v) - log Z) sums to one over all v
+    log_p = -model.free_energy(v) - exact_log_partition(model.W, model.b, model.c)
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gaussian_free_energy_integrates_the_hiddens():
+    torch.manual_seed(0)
+    model = RBM(info((1, 1, 4), levels=None), hidden_dim=3, visible="gaussian")
+    with torch.no_grad():
+        model.W.normal_()
+        model.b.normal_()
+    v = torch.randn(6, 4)
+    h = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
+    energy = 0.5 * ((v - model.b) ** 2).sum(-1, keepdim=True) - (h @ model.c)[None] - v @ model.W @ h.T
+    assert torch.allclose(model.free_energy(v), -torch.logsumexp(-energy, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_cd_loss_gradient_is_the_cd_update(persistent):
+    torch.manual_seed(0)
+    model = RBM(info((1, 4, 4)), hidden_dim=6, cd_k=2, persistent=persistent, num_chains=7)
+    with torch.no_grad():
+        model.W.normal_(std=0.5)
+    v = torch.bernoulli(torch.full((9, 16), 0.3))
+    model.training_step((v.view(9, 1, 4, 4), torch.zeros(9, dtype=torch.long)), 1).backward()
+    negative = model.last_negative
+    assert negative.shape == ((7, 16) if persistent else (9, 16))
+    h_pos, h_neg = model.hidden_probs(v).detach(), model.hidden_probs(negative).detach()
+    # d/dtheta [mean F(v) - mean F(v~)]: minus the CD-k / PCD update <v h>_data - <v h>_chains
+    assert model.W.grad.shape == model.W.shape and model.b.grad.shape == model.b.shape
+    assert torch.allclose(model.W.grad, -(v.T @ h_pos / len(v) - negative.T @ h_neg / len(negative)), atol=1e-5)
+    assert torch.allclose(model.b.grad, -(v.mean(0) - negative.mean(0)), atol=1e-5)
+    assert torch.allclose(model.c.grad, -(h_pos.mean(0) - h_neg.mean(0)), atol=1e-5)
+    if persistent:  # the chains move on: their new hidden state is a draw given the negative particles
+        assert model.chain_hidden.shape == (7, 6) and set(model.chain_hidden.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_a_cd_step_raises_the_visible_bias_where_the_data_are_on():
+    torch.manual_seed(0)
+    model = RBM(info((1, 2, 2)), hidden_dim=3, cd_k=1, optimizer={"lr": 0.1})
+    x = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(64, 1).view(64, 1, 2, 2)
+    model.training_step((x, torch.zeros(64, dtype=torch.long)), 0).backward()
+    # descent direction -grad: up for pixels that are on in the data more often than in the model
+    assert (model.b.grad[:2] < 0).all() and (model.b.grad[2:] > 0).all()
+
+
+def test_ais_log_partition_is_within_0_1_nats_of_the_exact_value():
+    torch.manual_seed(0)
+    d, h = 784, 12
+    W, b, c = torch.randn(d, h) * 0.1, torch.randn(d) * 0.5 - 1, torch.randn(h) * 0.5
+    exact = exact_log_partition(W, b, c)
+    estimate, std_err = ais_log_partition(W, b, c, b_base=b, num_chains=100, num_betas=1000,
+                                          generator=torch.Generator().manual_seed(0))
+    assert abs(estimate.item() - exact.item()) < 0.1
+    assert 0 < std_err.item() < 0.1
+
+
+def test_ais_with_zero_base_rates_and_the_model_nll_estimator():
+    model = tiny_rbm(d=12, h=4)
+    model.eval_settings = {"ais_chains": 200, "ais_betas": 300}
+    v = torch.tensor(list(itertools.product([0.0, 1.0], repeat=12))).view(-1, 1, 1, 12)
+    # data_seen = 0: the base model is uniform; exp(log_likelihood) over all 2^12 images sums to ~1
+    total = model.log_likelihood(v).exp().sum().item()
+    assert total == pytest.approx(1.0, abs=0.05)
+    assert model.nll_estimator == "ais-c200-b300"
+
+
+def test_trains_on_mnist_small_and_samples():
+    if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("mnist-small not found")
+    torch.manual_seed(0)
+    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=64, binarize="dynamic")
+    model = RBM(dm.info.to_dict(), hidden_dim=64, persistent=True, num_chains=64, sample_gibbs_steps=50,
+                optimizer={"lr": 0.05})
+    errors: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            errors.append(trainer.callback_metrics["train/recon_error"].item())
+
+    pl.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(model, datamodule=dm)
+    assert sum(errors[-20:]) / 20 < 0.7 * sum(errors[:20]) / 20
+    assert model.data_seen.item() == 200 * 64
+    samples = model.sample(4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+    model.eval_settings = {"ais_chains": 20, "ais_betas": 200}
+    dm.setup("test")
+    x = next(iter(dm.test_dataloader()))[0][:100]
+    nll = -model.log_likelihood(x).mean().item()
+    assert 60 < nll < 400
