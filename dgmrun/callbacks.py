@@ -29,16 +29,17 @@ class SampleGrids(pl.Callback):
     plus the model's own figures (reconstructions, interpolations, ...). The same noise seed every
     time, so the grids show one set of samples improving."""
 
-    def __init__(self, dirpath: str | Path, num: int = 64, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 256):
+    def __init__(self, dirpath: str | Path, num: int = 64, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 256,
+                 classes: list[int] | None = None):
         self.dirpath, self.num, self.every_n_epochs = Path(dirpath), num, every_n_epochs
-        self.seed, self.batch_size = seed, batch_size
+        self.seed, self.batch_size, self.classes = seed, batch_size, classes
 
     def _samples(self, model: GenerativeModel) -> torch.Tensor:
         generator = torch.Generator(model.device).manual_seed(self.seed)
         was_training = model.training
         model.eval()
         try:
-            return sample_in_batches(model.sample, self.num, self.batch_size, generator)
+            return sample_in_batches(model.sampler(self.classes), self.num, self.batch_size, generator)
         finally:
             model.train(was_training)
 

@@ -12,7 +12,10 @@ from ``log_likelihood``, plus whatever ``extra_test_metrics`` a model adds.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dgmrun.data.info import DataInfo
+from dgmrun.errors import DgmrunError
 
 
 class GenerativeModel(pl.LightningModule):
@@ -44,6 +48,19 @@ class GenerativeModel(pl.LightningModule):
 
     def log_likelihood(self, x: Tensor) -> Tensor | None:
         return None
+
+    def sampler(self, classes: Sequence[int] | None = None) -> Callable[[int, torch.Generator | None], Tensor]:
+        """``sample`` for the grid and ``task=sample``: of the given classes (``sample.classes``) for a
+        class-conditional model, which takes them as ``sample(n, generator, classes=...)``."""
+        if classes is None:
+            return self.sample
+        if "classes" not in inspect.signature(self.sample).parameters:
+            raise DgmrunError(f"sample.classes={list(classes)}: model {type(self).__name__} is not class-conditional")
+        bad = [c for c in classes if not 0 <= c < self.data_info.num_classes]
+        if bad:
+            raise DgmrunError(f"sample.classes: {bad} not in 0..{self.data_info.num_classes - 1} "
+                              f"(data {self.data_info.name} has {self.data_info.num_classes} classes)")
+        return functools.partial(self.sample, classes=list(classes))
 
     def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         """Per-example test metrics beyond NLL (e.g. the ELBO)."""

@@ -28,13 +28,13 @@ from dgmrun.nets.masked import PixelCNNNet
 
 class PixelCNN(GenerativeModel):
     def __init__(self, data_info: dict[str, Any], channels: int = 64, num_layers: int = 6, kernel_size: int = 5,
-                 gated: bool = False, conditional: bool = False, sample_classes: Sequence[int] | None = None,
+                 gated: bool = False, conditional: bool = False,
                  optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
         self.levels = int(info.levels)
-        self.conditional, self.sample_classes = conditional, list(sample_classes) if sample_classes else None
+        self.conditional = conditional
         c = info.shape[0]
         out_per_channel = 1 if self.levels == 2 else self.levels
         self.net = PixelCNNNet(c, c * out_per_channel, channels, num_layers, kernel_size, gated,
@@ -96,7 +96,7 @@ class PixelCNN(GenerativeModel):
                labels: Tensor | None = None) -> Tensor:
         c, h, w = self.data_info.shape
         if self.conditional and labels is None:
-            labels = self.grid_labels(n, classes if classes is not None else self.sample_classes)
+            labels = self.grid_labels(n, classes)
         x = torch.zeros(n, c, h, w, device=self.device)
         for i in range(h):
             for j in range(w):

@@ -24,7 +24,6 @@ every example) are logged. Gaussian visibles: the NLL is of a density, not a pro
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING
 
@@ -45,7 +44,6 @@ class PixelCNNConfig(ModelConfig):
     kernel_size: int = 5
     gated: bool = False
     conditional: bool = False
-    sample_classes: Optional[list[int]] = None
 
     def check(self) -> None:
         super().check()
@@ -60,10 +58,6 @@ class PixelCNNConfig(ModelConfig):
                  f"model pixelcnn needs discrete pixels (binary or 8-bit); data {info.name} is continuous")
         if self.conditional:
             require(info.num_classes > 0, f"model.conditional=true needs labelled data; {info.name} has no classes")
-        if self.sample_classes:
-            require(self.conditional, "model.sample_classes needs model.conditional=true")
-            require(all(0 <= c < info.num_classes for c in self.sample_classes),
-                     f"model.sample_classes must lie in [0, {info.num_classes}), got {list(self.sample_classes)}")
 
 
 @dataclass
