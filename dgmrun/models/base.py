@@ -43,6 +43,11 @@ class GenerativeModel(pl.LightningModule):
     def nll_estimator(self) -> str:
         return "exact"
 
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        """Whether ``log_likelihood`` is a probability mass (so bits/dim are reported), not a density."""
+        return self.data_info.levels is not None
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -88,7 +93,7 @@ class GenerativeModel(pl.LightningModule):
         log_px = self.log_likelihood(x)
         if log_px is not None:
             metrics["nll"] = -log_px
-            if self.data_info.levels is not None:  # bits/dim is defined for discrete data only
+            if self.likelihood_is_discrete:  # bits/dim only for probability masses
                 metrics["bpd"] = self.bits_per_dim(-log_px)
         return metrics
 

@@ -68,6 +68,10 @@ class RBM(GenerativeModel):
     def hidden_probs(self, v: Tensor) -> Tensor:
         return torch.sigmoid(v @ self.W + self.c)
 
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return not self.gaussian  # Gaussian visibles give a density: no bits/dim
+
     def visible_mean(self, h: Tensor) -> Tensor:
         pre = h @ self.W.T + self.b
         return pre if self.gaussian else torch.sigmoid(pre)
