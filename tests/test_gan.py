@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dgmrun.data.datamodule import MNISTLike, Toy2D
+from dgmrun.data.datamodule import Toy2D
 from dgmrun.errors import DgmrunError
 from dgmrun.models.ema import EMA
 from dgmrun.models.gan import GAN, LOSSES, gradient_penalty
@@ -68,7 +68,7 @@ def test_minimax_generator_saturates_where_non_saturating_does_not():
 def test_gradient_penalty_of_a_linear_critic(pack):
     torch.manual_seed(0)
     w = torch.tensor([3.0, 4.0, 0.0, 12.0][: 2 * pack])  # ||w|| = 5 (pack 1) or 13 (pack 2)
-    critic = lambda x: pack_samples(x, pack) @ w  # noqa: E731 - grad wrt each packed input is w
+    critic = lambda x: pack_samples(x, pack) @ w
     real, fake = torch.randn(8, 2), torch.randn(8, 2)
     gp = gradient_penalty(critic, real, fake, pack)
     assert gp.item() == pytest.approx((w.norm().item() - 1) ** 2, rel=1e-5)
@@ -134,9 +134,8 @@ def test_ema_restores_weights_after_an_error():
     with torch.no_grad():
         net.weight.add_(1.0)
     before = net.weight.detach().clone()
-    with pytest.raises(RuntimeError):
-        with ema.swapped(net):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), ema.swapped(net):
+        raise RuntimeError("boom")
     assert torch.equal(net.weight, before)
 
 
@@ -154,8 +153,8 @@ def toy_data(n: int = 512, batch_size: int = 64) -> Toy2D:
 
 
 def fit(model: GAN, datamodule, **trainer_args) -> pl.Trainer:
-    args = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, log_every_n_steps=1, max_epochs=1)
+    args = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "log_every_n_steps": 1, "max_epochs": 1}
     args.update(trainer_args)
     trainer = pl.Trainer(**args)
     trainer.fit(model, datamodule=datamodule)
@@ -196,6 +195,15 @@ def test_max_steps_counts_both_players():
     trainer = fit(model, toy_data(), max_steps=10, max_epochs=-1)
     opt_d, opt_g = (o.optimizer for o in model.optimizers())
     assert trainer.global_step == 10 and (adam_steps(opt_d), adam_steps(opt_g)) == (5, 5)
+
+
+def test_cosine_schedule_spans_each_players_updates():
+    model = small_gan(n_critic=2, scheduler={"name": "cosine"})
+    fit(model, toy_data(), max_steps=12, max_epochs=-1)  # cycles D D G: 8 D and 4 G updates
+    opt_d, opt_g = (o.optimizer for o in model.optimizers())
+    assert (adam_steps(opt_d), adam_steps(opt_g)) == (8, 4)
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_max_time_stops_the_run():
@@ -240,16 +248,22 @@ def test_bf16_mixed_precision_smoke():
     assert samples.dtype == torch.float32 and torch.isfinite(samples).all()
 
 
-def test_dcgan_on_mnist_trains_and_samples_images(mnist_small):
-    datamodule = MNISTLike(name="mnist", root=str(mnist_small), batch_size=16, eval_batch_size=50, seed=0,
-                           binarize="none")
+def test_dcgan_preset_on_mnist_trains_and_samples_images(mnist_small, cfg_factory):
+    from hydra.utils import instantiate
+
+    from dgmrun.checkpoint import build_model
+    from dgmrun.schema import validate
+
+    cfg = cfg_factory("model=dcgan", "data=mnist", f"data.root={mnist_small}", "data.batch_size=16",
+                      "model.g_channels=[8,16]", "model.d_channels=[8,16]", "model.latent_dim=8")
+    validate(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    info = datamodule.info.to_dict()
-    model = GAN(info, arch="auto", latent_dim=8, g_channels=[8, 16], d_channels=[8, 16], pack=2,
-                minibatch_std=True)
-    assert model.arch == "dcgan"
-    fit(model, datamodule, limit_train_batches=3)
+    model = build_model(cfg.model, datamodule.info)
+    assert model.arch == "dcgan" and model.pack == 1 and model.ema is not None
+    trainer = fit(model, datamodule, limit_train_batches=3)
+    assert trainer.global_step == 6
     model.eval()
     samples = model.sample(6, torch.Generator().manual_seed(0))
     assert samples.shape == (6, 1, 28, 28)

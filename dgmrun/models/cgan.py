@@ -50,6 +50,11 @@ class _Conditional(GAN):
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.generator(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1))
 
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, classes: Sequence[int] | None = None) -> Tensor:
+        """n samples of the given classes (cycled), or of one row of 8 per class / random classes (see above)."""
+        return self._sample(n, generator, classes)
+
     def sample_labels(self, n: int, generator: torch.Generator | None, classes: Sequence[int] | None) -> Tensor:
         k = self.num_classes
         if classes is not None:

@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import ModelConfig, OptimizerConfig, check_scheduler, one_of, require
+from dgmrun.schema.base import (
+    ModelConfig,
+    OptimizerConfig,
+    check_scheduler,
+    one_of,
+    require,
+)
 
 GAN_ARCHS = ("auto", "mlp", "dcgan")
 GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
@@ -41,14 +47,14 @@ class GANConfig(ModelConfig):
     latent_dim: int = 16
     arch: str = "auto"
     g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
-    d_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+    d_hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])
     g_channels: list[int] = field(default_factory=lambda: [64, 128])
     d_channels: list[int] = field(default_factory=lambda: [64, 128])
     n_critic: int = 1
     clip: float = 0.01
     gp_weight: float = 10.0
     spectral_norm: bool = False
-    minibatch_std: bool = False
+    minibatch_std: bool = True
     pack: int = 2
     ema_decay: Optional[float] = 0.99
     optimizer_g: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))

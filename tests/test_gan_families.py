@@ -1,0 +1,239 @@
+"""The GAN family's other members (CGAN, AC-GAN, InfoGAN, EBGAN, BiGAN) and GMMN: their math against
+direct computations, a few training steps each, and the shapes of samples and figures."""
+
+from __future__ import annotations
+
+import itertools
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dgmrun.errors import DgmrunError
+from dgmrun.models.bigan import BiGAN
+from dgmrun.models.cgan import ACGAN, CGAN
+from dgmrun.models.ebgan import EBGAN, pull_away_term
+from dgmrun.models.gmmn import GMMN, median_bandwidths, mixed_rbf_kernel, mmd2
+from dgmrun.models.infogan import InfoGAN
+
+TOY = {"name": "toy2d", "shape": [2], "num_classes": 8, "levels": None}
+IMG = {"name": "tiny", "shape": [1, 16, 16], "num_classes": 3, "levels": 256}
+SMALL_MLP = {"g_hidden_dims": [16], "d_hidden_dims": [16]}
+SMALL_CONV = {"g_channels": [4, 8], "d_channels": [4, 8], "latent_dim": 4}
+
+
+def loader(info: dict, n: int = 64, batch_size: int = 16) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    shape = info["shape"]
+    x = torch.rand(n, *shape, generator=g) if len(shape) == 3 else torch.randn(n, *shape, generator=g)
+    y = torch.randint(max(info["num_classes"], 1), (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def fit(model: pl.LightningModule, info: dict, batches: int = 3, **kw) -> pl.Trainer:
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_epochs=1, limit_train_batches=batches, log_every_n_steps=1,
+                         **kw)
+    trainer.fit(model, train_dataloaders=loader(info))
+    return trainer
+
+
+def check_images(x: torch.Tensor, n: int, shape: list[int]) -> None:
+    assert x.shape == (n, *shape) and x.min() >= 0 and x.max() <= 1 and torch.isfinite(x).all()
+
+
+# ------------------------------------------------------------------------------------ conditional
+@pytest.mark.parametrize("conditioning,info,args", [("projection", TOY, SMALL_MLP), ("concat", TOY, SMALL_MLP),
+                                                    ("projection", IMG, SMALL_CONV), ("concat", IMG, SMALL_CONV)])
+def test_cgan_trains_and_samples_given_classes(conditioning, info, args):
+    model = CGAN(info, conditioning=conditioning, pack=2, **args)
+    trainer = fit(model, info)
+    assert trainer.global_step == 6
+    model.eval()
+    x = model.sample(8, torch.Generator().manual_seed(0), classes=[1, 2])
+    assert x.shape == (8, *info["shape"])
+    labels = model.sample_labels(8, None, [1, 2])
+    assert labels.tolist() == [1, 2] * 4
+
+
+def test_cgan_class_conditioning_changes_samples_and_refuses_bad_classes():
+    model = CGAN(TOY, **SMALL_MLP)
+    a = model.sample(4, torch.Generator().manual_seed(0), classes=[0])
+    b = model.sample(4, torch.Generator().manual_seed(0), classes=[5])
+    assert not torch.allclose(a, b)
+    with pytest.raises(DgmrunError, match="sample.classes"):
+        model.sample(4, torch.Generator(), classes=[8])
+
+
+def test_image_grids_have_one_row_per_class():
+    model = CGAN(IMG, **SMALL_CONV)
+    assert model.sample_labels(32, None, None).tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [0] * 8
+
+
+def test_projection_discriminator_formula():
+    model = CGAN(TOY, pack=1, **SMALL_MLP)
+    x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 3, 4])
+    h = model.discriminator.body(x)
+    expected = model.discriminator.head(h) + (model.class_embedding(y) * h).sum(1, keepdim=True)
+    assert torch.allclose(model.critic(x, y), expected)
+
+
+def test_unconditional_gan_refuses_classes():
+    from dgmrun.models.gan import GAN
+
+    with pytest.raises(DgmrunError, match="not class-conditional"):
+        GAN(TOY).sampler([1])
+    model = CGAN(TOY, **SMALL_MLP)
+    assert model.sampler([3])(5, torch.Generator().manual_seed(0)).shape == (5, 2)
+    with pytest.raises(DgmrunError, match="sample.classes"):
+        model.sampler([9])
+
+
+@pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
+def test_acgan_trains_with_class_heads_per_sample(info, args):
+    model = ACGAN(info, pack=2, **args)
+    real, classes = model._heads(model.to_model_space(loader(info).dataset.tensors[0][:6]))
+    assert real.shape == (3, 1) and classes.shape == (6, info["num_classes"])
+    trainer = fit(model, info)
+    assert "train/d_aux" in trainer.callback_metrics and "train/g_aux" in trainer.callback_metrics
+    model.eval()
+    assert model.sample(4, torch.Generator().manual_seed(0), classes=[2]).shape == (4, *info["shape"])
+
+
+# ------------------------------------------------------------------------------------ InfoGAN
+def test_infogan_info_loss_and_traversal_grids():
+    model = InfoGAN(IMG, num_categorical=1, categorical_dim=3, continuous_dim=2, pack=2, **SMALL_CONV)
+    trainer = fit(model, IMG)
+    bound = trainer.callback_metrics["train/mi_lower_bound"]
+    assert bound <= torch.log(torch.tensor(3.0)) + 1e-6  # H(c) - L_I <= H(c) for the categorical part
+    model.eval()
+    grids = model.figures(torch.rand(8, 1, 16, 16))
+    assert set(grids) == {"traversal_categorical0", "traversal_continuous0", "traversal_continuous1"}
+    for grid in grids.values():
+        check_images(grid, 64, IMG["shape"])
+
+
+def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
+    model = InfoGAN(TOY, num_categorical=1, categorical_dim=4, continuous_dim=1, pack=1, **SMALL_MLP)
+    latent = model.sample_latent(6)
+    codes = latent[:, model.latent_dim:]
+    class ExactQ(torch.nn.Module):  # 50 x the one-hot (confident, right class) and the continuous code itself
+        def forward(self, h):
+            return torch.cat([codes[:, :4] * 50, codes[:, 4:]], 1)
+
+    model.q_head = ExactQ()
+    loss, bound = model.info_loss(torch.randn(6, 2), latent)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert bound.item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------ EBGAN
+def test_pull_away_term_against_a_double_loop():
+    s = torch.randn(5, 3)
+    total = 0.0
+    for i, j in itertools.permutations(range(5), 2):
+        total += (torch.dot(s[i], s[j]) / (s[i].norm() * s[j].norm())).item() ** 2
+    assert pull_away_term(s).item() == pytest.approx(total / 20, rel=1e-5)
+    assert pull_away_term(torch.eye(3)).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
+def test_ebgan_trains_with_margin(info, args):
+    model = EBGAN(info, margin=0.5, **args)
+    x = model.to_model_space(loader(info).dataset.tensors[0][:4])
+    energy = model.critic(x)
+    assert energy.shape == (4,) and (energy >= 0).all()
+    trainer = fit(model, info)
+    assert "train/energy_fake" in trainer.callback_metrics and "train/pull_away" in trainer.callback_metrics
+    with pytest.raises(DgmrunError, match="pack"):
+        EBGAN(info, pack=2, **args)
+
+
+# ------------------------------------------------------------------------------------ BiGAN
+@pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
+def test_bigan_trains_encoder_and_reconstructs(info, args):
+    model = BiGAN(info, pack=2, **args)
+    enc_before = [p.detach().clone() for p in model.encoder.parameters()]
+    fit(model, info)
+    assert any(not torch.equal(a, b) for a, b in zip(enc_before, model.encoder.parameters()))  # E is trained
+    model.eval()
+    x = loader(info).dataset.tensors[0][:32]
+    assert model.reconstruct(x).shape == x.shape
+    figures = model.figures(x)
+    if len(info["shape"]) == 3:
+        check_images(figures["reconstructions"], 64, info["shape"])
+    else:
+        assert figures == {}
+
+
+# ------------------------------------------------------------------------------------ GMMN
+def test_mmd2_against_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, generator=g), torch.randn(5, 3, generator=g) + 1
+    bandwidths = [0.5, 2.0]
+
+    def k(a, b):
+        return sum(torch.exp(-((a - b) ** 2).sum() / (2 * s * s)).item() for s in bandwidths)
+
+    kxx = sum(k(a, b) for a in x for b in x) / 16
+    kyy = sum(k(a, b) for a in y for b in y) / 25
+    kxy = sum(k(a, b) for a in x for b in y) / 20
+    assert mmd2(x, y, bandwidths).item() == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-5)
+    assert mmd2(x, x, bandwidths).item() == pytest.approx(0.0, abs=1e-6)
+    assert mixed_rbf_kernel(x, y, bandwidths).shape == (4, 5)
+
+
+def test_median_bandwidths():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # one pairwise distance: 5
+    assert median_bandwidths(x, (0.5, 1.0)) == pytest.approx([2.5, 5.0])
+
+
+@pytest.mark.parametrize("space,info", [("pixels", TOY), ("pixels", IMG), ("code", IMG), ("code", TOY)])
+def test_gmmn_trains_and_samples(space, info):
+    model = GMMN(info, space=space, hidden_dims=[16], ae_hidden_dims=[16], code_dim=4)
+    trainer = fit(model, info)
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/mmd2"])
+    model.eval()
+    x = model.sample(6, torch.Generator().manual_seed(0))
+    if len(info["shape"]) == 3:
+        check_images(x, 6, info["shape"])
+    else:
+        assert x.shape == (6, 2)
+    assert torch.equal(x, model.sample(6, torch.Generator().manual_seed(0)))
+
+
+def test_gmmn_generator_gets_closer_in_mmd():
+    torch.manual_seed(0)
+    model = GMMN(TOY, hidden_dims=[32, 32], bandwidths=[0.5, 1.0, 2.0])
+    data = torch.randn(128, 2) * 0.3 + torch.tensor([2.0, -1.0])
+    before = mmd2(data, model.sample(128, torch.Generator().manual_seed(1)), [0.5, 1.0, 2.0])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.log_dict = model.log = lambda *a, **k: None
+    for _ in range(60):
+        opt.zero_grad()
+        model.training_step((data, torch.zeros(128, dtype=torch.long)), 0).backward()
+        opt.step()
+    after = mmd2(data, model.sample(128, torch.Generator().manual_seed(1)), [0.5, 1.0, 2.0])
+    assert after < before / 5
+
+
+# ------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("model,data", [("cgan", "toy2d"), ("acgan", "mnist"), ("infogan", "mnist"),
+                                        ("ebgan", "toy2d"), ("bigan", "mnist"), ("gmmn", "toy2d")])
+def test_family_configs_validate(cfg_factory, model, data):
+    from dgmrun.schema import validate
+
+    cfg = cfg_factory(f"model={model}", f"data={data}")
+    validate(cfg)
+
+
+def test_family_configs_refuse_bad_values(cfg_factory):
+    from dgmrun.schema import validate
+
+    for overrides, message in [(["model=cgan", "model.conditioning=sum"], "model.conditioning"),
+                               (["model=ebgan", "model.pack=2"], "model.pack must be 1"),
+                               (["model=gmmn", "model.space=latent"], "model.space"),
+                               (["model=infogan", "model.info_weight=-1"], "model.info_weight")]:
+        with pytest.raises(DgmrunError, match=message):
+            validate(cfg_factory(*overrides, "data=toy2d"))
