@@ -121,13 +121,7 @@ class ACGAN(_Conditional):
         loss = adversarial + self.aux_weight * aux
         logs = {"d_adversarial": adversarial.detach(), "d_aux": aux.detach(),
                 "d_real_accuracy": (real_classes.argmax(1) == y).float().mean()}
-        if self.loss_name == "wgan_gp":
-            from dgmrun.models.gan import gradient_penalty
-
-            gp = gradient_penalty(self.critic, x, fake, self.pack)
-            loss = loss + self.gp_weight * gp
-            logs["gp"] = gp.detach()
-        return loss, logs
+        return self.with_gradient_penalty(loss, logs, self.critic, x, fake), logs
 
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         fake_logits, fake_classes = self._heads(self.generate(self.sample_latent(len(x)), y))

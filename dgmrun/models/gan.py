@@ -202,11 +202,16 @@ class GAN(GenerativeModel):
         real_logits, fake_logits = self.critic(x, y).float(), self.critic(fake, y).float()
         loss = self.d_loss_fn(real_logits, fake_logits)
         logs = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
-        if self.loss_name == "wgan_gp":
-            gp = gradient_penalty(lambda v: self.critic(v, y), x, fake, self.pack)
-            loss = loss + self.gp_weight * gp
-            logs["gp"] = gp.detach()
-        return loss, logs
+        return self.with_gradient_penalty(loss, logs, lambda v: self.critic(v, y), x, fake), logs
+
+    def with_gradient_penalty(self, loss: Tensor, logs: dict[str, Tensor], critic: Callable[[Tensor], Tensor],
+                              real: Tensor, fake: Tensor) -> Tensor:
+        """D's loss plus gp_weight x the gradient penalty for ``loss=wgan_gp`` (logged as ``gp``); else unchanged."""
+        if self.loss_name != "wgan_gp":
+            return loss
+        gp = gradient_penalty(critic, real, fake, self.pack)
+        logs["gp"] = gp.detach()
+        return loss + self.gp_weight * gp
 
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         fake = self.generate(self.sample_latent(len(x)), y)

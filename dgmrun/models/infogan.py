@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.gan import GAN, gradient_penalty
+from dgmrun.models.gan import GAN
 from dgmrun.nets.gan_blocks import pack_samples
 
 
@@ -83,11 +83,7 @@ class InfoGAN(GAN):
         info, bound = self.info_loss(fake, latent)
         loss = adversarial + self.info_weight * info
         logs = {"d_adversarial": adversarial.detach(), "info_loss": info.detach(), "mi_lower_bound": bound}
-        if self.loss_name == "wgan_gp":
-            gp = gradient_penalty(self.critic, x, fake, self.pack)
-            loss = loss + self.gp_weight * gp
-            logs["gp"] = gp.detach()
-        return loss, logs
+        return self.with_gradient_penalty(loss, logs, self.critic, x, fake), logs
 
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         latent = self.sample_latent(len(x))

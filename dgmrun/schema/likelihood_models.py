@@ -38,12 +38,12 @@ class NADEConfig(ModelConfig):
 
 
 @dataclass
-class PixelCNNConfig(ModelConfig):
+class MaskedStackConfig(ModelConfig):
+    """The masked-convolution stack (``nets/masked.py``) shared by PixelCNN and the VQ-VAE prior."""
+
     channels: int = 64
     num_layers: int = 6
     kernel_size: int = 5
-    gated: bool = False
-    conditional: bool = False
 
     def check(self) -> None:
         super().check()
@@ -51,6 +51,12 @@ class PixelCNNConfig(ModelConfig):
         require(self.num_layers >= 1, f"model.num_layers must be >= 1, got {self.num_layers}")
         require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
                  f"model.kernel_size must be odd and >= 3, got {self.kernel_size}")
+
+
+@dataclass
+class PixelCNNConfig(MaskedStackConfig):
+    gated: bool = False
+    conditional: bool = False
 
     def check_data(self, info: DataInfo) -> None:
         require(info.is_image, f"model pixelcnn needs images, but data {info.name} gives points")
@@ -108,18 +114,9 @@ class VQVAEConfig(ModelConfig):
 
 
 @dataclass
-class VQVAEPriorConfig(ModelConfig):
+class VQVAEPriorConfig(MaskedStackConfig):
     vqvae_ckpt: str = MISSING
-    channels: int = 64
-    num_layers: int = 6
     kernel_size: int = 3
-
-    def check(self) -> None:
-        super().check()
-        require(self.channels > 0, f"model.channels must be > 0, got {self.channels}")
-        require(self.num_layers >= 1, f"model.num_layers must be >= 1, got {self.num_layers}")
-        require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
-                 f"model.kernel_size must be odd and >= 3, got {self.kernel_size}")
 
 
 SCHEMAS: dict[str, type[ModelConfig]] = {
