@@ -413,7 +413,7 @@ class Toy2D(InMemoryDataModule):
         self,
         name: str = "toy2d",
         shape: str = "8gaussians",
-        num_train: int = 40960,
+        num_train: int = 61440,
         num_val: int = 2500,
         num_test: int = 2500,
         noise: float | None = None,

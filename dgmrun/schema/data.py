@@ -87,7 +87,7 @@ TOY2D_SHAPES = ("8gaussians", "25gaussians", "swissroll", "moons", "rings")
 @dataclass
 class Toy2DConfig(DataConfig):
     shape: str = "8gaussians"
-    num_train: int = 40960
+    num_train: int = 61440
     num_val: int = 2500
     num_test: int = 2500
     noise: Optional[float] = None
