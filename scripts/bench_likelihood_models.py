@@ -43,7 +43,8 @@ def run(name: str, args: list[str], minutes: float, out: Path) -> dict:
     budget = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
     command = ["dgmrun", *args, "data=mnist", f"data.root={ROOT}", f"trainer.max_time={budget}",
                "trainer.max_epochs=-1", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-               "sample.num=16", "sample.every_n_epochs=0", f"hydra.run.dir={out / name}"]
+               "sample.num=16", "sample.every_n_epochs=0", "eval.feature_network=none",  # NLL only: no FID sampling
+               f"hydra.run.dir={out / name}"]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - start

@@ -317,6 +317,9 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
         if scorer.network is None:
             scorer.note_missing()
             return {}
+        # Slow samplers (autoregressive models on a CPU) can take minutes here: say what is happening.
+        log.info("sample-quality metrics: drawing %d samples (eval.num_samples; eval.feature_network=none skips this)",
+                 num_samples)
         generator = torch.Generator(model.device).manual_seed(seed)
         return scorer.score(_model_batches(model, num_samples, batch_size, generator), seed, prefix)
     finally:

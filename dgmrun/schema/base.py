@@ -59,3 +59,14 @@ class ModelConfig:
         """Refuse data this model cannot take (raises DgmrunError)."""
 
 
+def resolve_conv_arch(arch: str, conv_name: str, info: DataInfo) -> str:
+    """``auto``: the convolutional network ``conv_name`` for images with sides >= 16 px, else ``mlp``;
+    refuse the convolutional one for points, or for sides it cannot halve twice."""
+    if arch == "auto":
+        arch = conv_name if info.is_image and min(info.shape[1:]) >= 16 else "mlp"
+    if arch == conv_name:
+        require(info.is_image, f"model.arch={conv_name} needs images, but data {info.name} gives points of shape "
+                f"{tuple(info.shape)}; use model.arch=mlp")
+        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
+                f"model.arch={conv_name} needs image sides divisible by 4, got {tuple(info.shape)}")
+    return arch

@@ -12,6 +12,7 @@ from dgmrun.schema.base import (
     check_scheduler,
     one_of,
     require,
+    resolve_conv_arch,
 )
 
 GAN_ARCHS = ("auto", "mlp", "dcgan")
@@ -20,14 +21,7 @@ GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
 
 def resolve_gan_arch(arch: str, info: DataInfo) -> str:
     """``auto``: DCGAN for images with sides >= 16 px, else MLP. Shared by the config check and the models."""
-    if arch == "auto":
-        arch = "dcgan" if info.is_image and min(info.shape[1:]) >= 16 else "mlp"
-    if arch == "dcgan":
-        require(info.is_image, f"model.arch=dcgan needs images, but data {info.name} gives points of shape "
-                 f"{tuple(info.shape)}; use model.arch=mlp")
-        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
-                 f"model.arch=dcgan needs image sides divisible by 4, got {tuple(info.shape)}")
-    return arch
+    return resolve_conv_arch(arch, "dcgan", info)
 
 
 def _adam(lr: float) -> OptimizerConfig:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import ModelConfig, one_of, require
+from dgmrun.schema.base import ModelConfig, one_of, require, resolve_conv_arch
 
 VAE_ARCHS = ("auto", "mlp", "conv")
 VAE_LIKELIHOODS = ("auto", "bernoulli", "discretized_logistic", "gaussian")
@@ -18,13 +18,7 @@ def resolve_vae_choices(arch: str, likelihood: str, info: DataInfo) -> tuple[str
 
     Shared by the config check (before torch is imported) and the VAE itself (``dgmrun.load``).
     """
-    if arch == "auto":
-        arch = "conv" if info.is_image and min(info.shape[1:]) >= 16 else "mlp"
-    if arch == "conv":
-        require(info.is_image, f"model.arch=conv needs images, but data {info.name} gives points of shape "
-                 f"{tuple(info.shape)}; use model.arch=mlp")
-        require(info.shape[1] % 4 == 0 and info.shape[2] % 4 == 0,
-                 f"model.arch=conv needs image sides divisible by 4, got {tuple(info.shape)}")
+    arch = resolve_conv_arch(arch, "conv", info)
     if likelihood == "auto":
         likelihood = "bernoulli" if info.is_binary else "gaussian" if info.levels is None else "discretized_logistic"
     if likelihood == "bernoulli":
