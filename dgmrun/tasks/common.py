@@ -24,6 +24,7 @@ from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, read_ch
 from dgmrun.errors import DgmrunError
 from dgmrun.io import write_json
 from dgmrun.loggers import flatten
+from dgmrun.metrics.samples import sample_metrics
 
 log = logging.getLogger("dgmrun")
 
@@ -125,6 +126,17 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[An
                            default_root_dir=str(run_dir(cfg)), plugins=[AtomicCheckpointIO()])
     except (ValueError, TypeError, RuntimeError) as e:  # Lightning's word on impossible trainer settings
         raise DgmrunError(f"trainer settings rejected by Lightning: {e}") from None
+
+
+def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: DictConfig, results: list[dict[str, Any]],
+                 scorer: Any = None) -> dict[str, Any]:
+    """What ``trainer.test`` returned, the estimator behind ``test/nll``, and (on rank 0) the sample metrics."""
+    metrics: dict[str, Any] = dict(results[0]) if results else {}
+    if "test/nll" in metrics:
+        metrics["test/nll_estimator"] = model.nll_estimator
+    if trainer.is_global_zero:
+        metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg, scorer=scorer))
+    return metrics
 
 
 @rank_zero_only

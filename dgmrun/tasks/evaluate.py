@@ -3,7 +3,6 @@ score a folder of images or an .npz made by any tool against the data's referenc
 
 from __future__ import annotations
 
-from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
@@ -11,8 +10,8 @@ from omegaconf import DictConfig
 
 from dgmrun.checkpoint import load_model
 from dgmrun.loggers import finish_loggers
-from dgmrun.metrics.samples import sample_metrics, score_sample_file
-from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
+from dgmrun.metrics.samples import score_sample_file
+from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -28,14 +27,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     try:
         trainer = make_trainer(cfg, [], loggers)
         results = trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics: dict[str, Any] = dict(results[0]) if results else {}
-        if trainer.is_global_zero:
-            metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg))
+        metrics = collect_test_metrics(trainer, model, datamodule, cfg, results)
         failed = False
     finally:
         finish_loggers(loggers, failed)
-    if "test/nll" in metrics:
-        metrics["test/nll_estimator"] = model.nll_estimator
     metrics["test/checkpoint"] = str(cfg.ckpt_path)
     write_run_files(cfg, metrics)
     nll = metrics.get("test/nll")

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from dgmrun.callbacks import SampleGrids, SampleQuality, Throughput
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
-from dgmrun.metrics.samples import SampleScorer, sample_metrics
-from dgmrun.tasks.common import config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
+from dgmrun.metrics.samples import SampleScorer
+from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
 
 
 def has_validation_loss(model: pl.LightningModule) -> bool:
@@ -59,12 +59,8 @@ def train(cfg: DictConfig) -> float | None:
             use_best = best is not None and bool(best.best_model_path)
             results = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path if use_best else None,
                                    verbose=False)
-            metrics.update(results[0] if results else {})
+            metrics.update(collect_test_metrics(trainer, model, datamodule, cfg, results, scorer))
             metrics["test/checkpoint"] = "best" if use_best else "last"
-            if "test/nll" in metrics:
-                metrics["test/nll_estimator"] = model.nll_estimator
-            if trainer.is_global_zero:
-                metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg, scorer=scorer))
         failed = False
     finally:
         finish_loggers(loggers, failed)
