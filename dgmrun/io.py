@@ -75,6 +75,8 @@ def scatter_image(points: Tensor, size: int = 256, extent: float | None = None) 
     extent = extent or max(1e-6, float(np.abs(xy).max()) * 1.05)
     counts, _, _ = np.histogram2d(-xy[:, 1], xy[:, 0], bins=size, range=[[-extent, extent], [-extent, extent]])
     shade = np.log1p(counts) / max(np.log1p(counts).max(), 1e-12)
+    padded = np.pad(shade, 1)  # each point drawn 3x3 pixels wide, so that a few hundred points show
+    shade = np.max([padded[i:i + size, j:j + size] for i in range(3) for j in range(3)], axis=0)
     return (255 * (1 - shade)).astype(np.uint8)
 
 

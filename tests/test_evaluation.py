@@ -167,8 +167,9 @@ def test_fid_orders_real_test_images_before_noise(tmp_path, digits_evaluators):
     datamodule = instantiate(cfg.data, _convert_="all")
     scorer = SampleScorer(cfg, datamodule)
     x_test, _ = datamodule.split_tensors("test")
-    real = scorer.score(x_test.split(100), seed=0)
-    noise = scorer.score(torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0)).split(100), 0)
+    real = scorer.score(((x, None) for x in x_test.split(100)), seed=0)
+    noise = torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = scorer.score(((x, None) for x in noise.split(100)), 0)
     assert real["test/fid"] * 5 < noise["test/fid"], (real["test/fid"], noise["test/fid"])
     assert real["test/kid"] < noise["test/kid"]
     assert real["test/precision"] > 0.6 > noise["test/precision"]
@@ -177,6 +178,36 @@ def test_fid_orders_real_test_images_before_noise(tmp_path, digits_evaluators):
         protocol = real[f"test/{key}_protocol"]
         assert isinstance(protocol, str) and "classifier:cnn:digits-" in protocol and "sha256" in protocol
     assert f"{len(x_test)} generated vs" in real["test/fid_protocol"] and "(train split, grey)" in real["test/fid_protocol"]
+
+
+def test_class_accuracy_of_a_class_conditional_sampler(tmp_path, digits_evaluators):
+    """A conditional "model" that returns real test digits of the class asked for scores as the classifier
+    does on them; the same digits asked for under shifted labels score near chance."""
+    from hydra.utils import instantiate
+
+    from dgmrun.metrics.samples import sample_metrics
+
+    cfg = _digits_cfg(tmp_path, digits_evaluators, "eval.pr_num_samples=200")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    x_test, y_test = datamodule.split_tensors("test")
+
+    class RealDigits(torch.nn.Module):
+        data_info, device = datamodule.info, torch.device("cpu")
+
+        def __init__(self, shift: int) -> None:
+            super().__init__()
+            self.shift = shift
+
+        def sample(self, n, generator=None, classes=None):
+            asked = torch.tensor(classes)[torch.arange(n) % len(classes)]
+            picks = [torch.nonzero(y_test == (c + self.shift) % 10)[i % 10, 0] for i, c in enumerate(asked.tolist())]
+            return x_test[torch.stack(picks)]
+
+    right = sample_metrics(RealDigits(0), datamodule, 300, seed=0, batch_size=128, cfg=cfg)
+    wrong = sample_metrics(RealDigits(3), datamodule, 300, seed=0, batch_size=128, cfg=cfg)
+    assert right["test/class_accuracy"] > 0.9 and wrong["test/class_accuracy"] < 0.1
+    assert "300 generated, classes 0..9 asked for in turn" in right["test/class_accuracy_protocol"]
+    assert "test/class_accuracy" not in SampleScorer(cfg, datamodule).score([(x_test[:200], None)], seed=0)
 
 
 # ----------------------------------------------------------------------------- task=eval eval.samples

@@ -59,3 +59,9 @@ def test_image_grid_layout():
     assert grid[2:10, 32:40].min() == 255 and grid[2:10, 2:10].max() == 0  # image 3 is white, image 0 black
     assert picture(torch.zeros(4, 3, 8, 8)).shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # 8 px shown at 32 px
     assert picture(torch.randn(100, 2)).shape == (256, 256)
+
+
+def test_scatter_draws_each_point_as_a_3x3_dot():
+    image = picture(torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]))
+    assert image.shape == (256, 256) and (image < 255).sum() == 3 * 9
+    assert image[0, 0] == 255 and image[128, 128] == 0  # the corners empty, the middle point dark

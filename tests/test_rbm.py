@@ -58,21 +58,27 @@ def test_gaussian_free_energy_integrates_the_hiddens():
 
 
 @pytest.mark.parametrize("persistent", [False, True])
-def test_cd_loss_gradient_is_the_cd_update(persistent):
+@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
+def test_cd_gradients_are_the_cd_update_and_the_gradient_of_the_free_energy_gap(persistent, visible):
     torch.manual_seed(0)
-    model = RBM(info((1, 4, 4)), hidden_dim=6, cd_k=2, persistent=persistent, num_chains=7)
+    model = RBM(info((1, 4, 4)), hidden_dim=6, visible=visible, cd_k=2, persistent=persistent, num_chains=7)
     with torch.no_grad():
         model.W.normal_(std=0.5)
+        model.b.normal_()
     v = torch.bernoulli(torch.full((9, 16), 0.3))
-    model.training_step((v.view(9, 1, 4, 4), torch.zeros(9, dtype=torch.long)), 1).backward()
-    negative = model.last_negative
+    loss, negative = model.cd_gradients(v)
     assert negative.shape == ((7, 16) if persistent else (9, 16))
     h_pos, h_neg = model.hidden_probs(v).detach(), model.hidden_probs(negative).detach()
-    # d/dtheta [mean F(v) - mean F(v~)]: minus the CD-k / PCD update <v h>_data - <v h>_chains
-    assert model.W.grad.shape == model.W.shape and model.b.grad.shape == model.b.shape
+    # minus the CD-k / PCD update <v h>_data - <v h>_chains
     assert torch.allclose(model.W.grad, -(v.T @ h_pos / len(v) - negative.T @ h_neg / len(negative)), atol=1e-5)
     assert torch.allclose(model.b.grad, -(v.mean(0) - negative.mean(0)), atol=1e-5)
     assert torch.allclose(model.c.grad, -(h_pos.mean(0) - h_neg.mean(0)), atol=1e-5)
+    # the same as autograd's gradient of mean F(v) - mean F(v~), v~ fixed
+    grads = [p.grad.clone() for p in (model.W, model.b, model.c)]
+    gap = model.free_energy(v).mean() - model.free_energy(negative).mean()
+    assert loss.item() == pytest.approx(gap.item(), abs=1e-5)
+    for grad, auto in zip(grads, torch.autograd.grad(gap, [model.W, model.b, model.c])):
+        assert torch.allclose(grad, auto, atol=1e-5)
     if persistent:  # the chains move on: their new hidden state is a draw given the negative particles
         assert model.chain_hidden.shape == (7, 6) and set(model.chain_hidden.unique().tolist()) <= {0.0, 1.0}
 
@@ -81,7 +87,7 @@ def test_a_cd_step_raises_the_visible_bias_where_the_data_are_on():
     torch.manual_seed(0)
     model = RBM(info((1, 2, 2)), hidden_dim=3, cd_k=1, optimizer={"lr": 0.1})
     x = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(64, 1).view(64, 1, 2, 2)
-    model.training_step((x, torch.zeros(64, dtype=torch.long)), 0).backward()
+    model.cd_gradients(x.flatten(1))
     # descent direction -grad: up for pixels that are on in the data more often than in the model
     assert (model.b.grad[:2] < 0).all() and (model.b.grad[2:] > 0).all()
 
@@ -131,3 +137,27 @@ def test_trains_on_mnist_small_and_samples():
     x = next(iter(dm.test_dataloader()))[0][:100]
     nll = -model.log_likelihood(x).mean().item()
     assert 60 < nll < 400
+
+
+class _SaveWeights(pl.Callback):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.W.detach().clone(), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_under_ddp_the_replicas_take_the_same_steps(tmp_path):
+    """Two gloo processes see different shards and run different chains; the CD gradients are averaged
+    over them, so both end with the same weights (without the all-reduce they would drift apart)."""
+    from dgmrun.data.datamodule import Digits
+
+    dm = Digits(batch_size=32, binarize="dynamic")
+    model = RBM(dm.info.to_dict(), hidden_dim=16, persistent=True, num_chains=16)
+    initial = model.W.detach().clone()
+    pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=5, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0, callbacks=[_SaveWeights(tmp_path)]).fit(model, datamodule=dm)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(rank0, rank1)
+    assert (rank0 - initial).abs().max() > 1e-3  # it trained

@@ -17,6 +17,7 @@ checksum) and sample count. Every score is written with a ``<name>_protocol`` st
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -74,11 +75,16 @@ class FeatureStream:
         self.pool: Tensor | None = None
         self.keys = torch.empty(0)
         self.probs: list[Tensor] = []
+        self.asked_correct = self.asked_count = 0
 
-    def update(self, feats: Tensor, probs: Tensor | None = None) -> None:
+    def update(self, feats: Tensor, probs: Tensor | None = None, asked: Tensor | None = None) -> None:
+        """``asked``: the classes a class-conditional model was asked for (scored against argmax ``probs``)."""
         self.stats.update(feats)
         if probs is not None:
             self.probs.append(probs.float())
+            if asked is not None:
+                self.asked_correct += int((probs.argmax(1).cpu() == asked.cpu()).sum())
+                self.asked_count += len(asked)
         keys = torch.rand(len(feats), generator=self.generator)
         pool = feats.float() if self.pool is None else torch.cat([self.pool, feats.float()])
         keys = torch.cat([self.keys, keys])
@@ -220,6 +226,11 @@ def score_features(gen: FeatureStream, ref: Reference, network: FeatureNetwork, 
             hist = f"{network.description}; argmax classes of {n_gen} generated, {num_classes} classes"
             out[f"{prefix}/class_coverage_protocol"] = f"{hist}, >= 0.1 x uniform share"
             out[f"{prefix}/class_kl_protocol"] = f"{hist}, KL(histogram || uniform) in nats"
+            if gen.asked_count:
+                out[f"{prefix}/class_accuracy"] = gen.asked_correct / gen.asked_count
+                out[f"{prefix}/class_accuracy_protocol"] = (
+                    f"{network.description}; {gen.asked_count} generated, classes 0..{num_classes - 1} asked for in "
+                    f"turn, fraction whose argmax class is the one asked for")
     return out
 
 
@@ -277,20 +288,29 @@ class SampleScorer:
                 num=int(_setting(self.eval_cfg, "reference_num_samples", 0)), pool_size=pool)
         return self._reference
 
-    def score(self, batches: Iterable[Tensor], seed: int, prefix: str = "test") -> dict[str, Any]:
+    def score(self, batches: Iterable[tuple[Tensor, Tensor | None]], seed: int, prefix: str = "test") -> dict[str, Any]:
+        """Scores of (images, classes asked for or None) batches."""
         network = self.network
         assert network is not None
         ref = self.reference()
         stream = FeatureStream(self.pool_size, seed)
-        for batch in batches:
+        for batch, asked in batches:
             feats, probs = network(batch)
-            stream.update(feats, probs)
+            stream.update(feats, probs, asked)
         return score_features(stream, ref, network, self.eval_cfg, self.info.num_classes, seed, prefix)
 
 
-def _model_batches(model: Any, n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+def _model_batches(model: Any, n: int, batch_size: int,
+                   generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(samples, classes asked for): a class-conditional model is asked for every class in turn."""
+    conditional = "classes" in inspect.signature(model.sample).parameters
+    classes = list(range(model.data_info.num_classes)) if conditional else None
     for start in range(0, n, batch_size):
-        yield model.sample(min(batch_size, n - start), generator)
+        size = min(batch_size, n - start)
+        if classes is None:
+            yield model.sample(size, generator), None
+        else:  # the model cycles through the classes given: sample i has class i mod K
+            yield model.sample(size, generator, classes=classes), torch.arange(size) % len(classes)
 
 
 @torch.no_grad()
@@ -409,6 +429,6 @@ def score_sample_file(cfg: Any, datamodule: Any, path: str | os.PathLike, seed: 
     scorer = SampleScorer(cfg, datamodule, device)
     if scorer.network is None:
         raise DgmrunError(missing_network_note(info.name).replace("skipped", "unavailable"))
-    metrics = scorer.score(batches, seed)
+    metrics = scorer.score(((batch, None) for batch in batches), seed)
     metrics["test/num_samples"] = count
     return metrics
