@@ -6,8 +6,8 @@ weights N(0, 0.01), zero biases, one thread each (BLAS for numpy, intra-op threa
 
 The update rules are identical. scikit-learn's ``_fit`` adds lr / batch * (sum_batch v h(v) - sum_chains
 v~ h(v~)) with one persistent chain per batch row (``h_samples_`` has batch_size rows), i.e. the
-*mean* gradient times lr. dgmrun minimises mean_batch F(v) - mean_chains F(v~) with plain SGD at lr,
-whose step is lr * (mean v h(v) - mean v~ h(v~)): the same with num_chains = batch size = 64 (8000 / 64
+*mean* gradient times lr. dgmrun sets the gradient of mean_batch F(v) - mean_chains F(v~) in closed form
+and steps plain SGD at lr: lr * (mean v h(v) - mean v~ h(v~)), the same with num_chains = batch size = 64 (8000 / 64
 = 125 equal batches, so no ragged last batch). The persistent state: scikit-learn keeps the chains'
 hidden samples h and draws v~ | h; dgmrun keeps v~ and draws h | v~ then v~ | h: the same Markov chain.
 Neither shuffles (scikit-learn walks the data in order; the DataLoader here does too).

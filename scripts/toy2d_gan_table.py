@@ -1,12 +1,13 @@
 """Mode coverage of every GAN loss on the toy2d mixtures, as a markdown table (PacGAN / VEEGAN style).
 
-Runs ``dgmrun experiment=gan_toy2d model.loss=<loss> data.shape=<shape> seed=<seed>`` for every
-loss, shape and seed (one process at a time), reads each run's metrics.json and prints
-modes recovered and the fraction of high-quality samples (test/hq), mean ± std over seeds.
+Runs ``dgmrun model=gan model.loss=<loss> data=toy2d data.shape=<shape> seed=<seed>`` with every
+other setting at its default, for every loss, shape and seed (one process at a time; ``--jobs 2`` runs
+two at once with one thread each), reads each run's metrics.json and prints modes recovered and the
+fraction of high-quality samples (test/hq), mean ± std over seeds, and the longest wall time.
 
     python scripts/toy2d_gan_table.py                                   # everything (long)
     python scripts/toy2d_gan_table.py --losses ns --shapes 8gaussians   # one row
-    python scripts/toy2d_gan_table.py --losses ns --shapes 8gaussians --extra model.pack=1   # the ablation
+    python scripts/toy2d_gan_table.py --losses ns --extra model.pack=1 model.minibatch_std=false   # remedies off
 
 Runs already finished (a metrics.json in their dir) are read, not run again.
 """
@@ -21,22 +22,20 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 LOSSES = ["minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge"]
 SHAPES = ["8gaussians", "25gaussians"]
-STEPS = {"8gaussians": 16000, "25gaussians": 24000}  # trainer.max_steps: D + G updates
 
 
-def run_one(out: Path, loss: str, shape: str, seed: int, extra: list[str], threads: int | None,
-            max_steps: int | None) -> dict:
+def run_one(out: Path, loss: str, shape: str, seed: int, extra: list[str], threads: int | None) -> dict:
     run_dir = out / f"{shape}-{loss}-s{seed}"
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.exists():
         exe = shutil.which("dgmrun") or "dgmrun"
-        cmd = [exe, "experiment=gan_toy2d", f"model.loss={loss}", f"data.shape={shape}", f"seed={seed}",
-               f"trainer.max_steps={max_steps or STEPS[shape]}", "trainer.enable_progress_bar=false", *extra,
-               f"hydra.run.dir={run_dir}"]
+        cmd = [exe, "model=gan", f"model.loss={loss}", "data=toy2d", f"data.shape={shape}", f"seed={seed}",
+               "trainer.enable_progress_bar=false", *extra, f"hydra.run.dir={run_dir}"]
         env = dict(os.environ)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -70,18 +69,19 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. model.pack=1")
     parser.add_argument("--out", type=Path, default=Path("outputs/toy2d_gan_table"))
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for each run (1 on a busy CPU)")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help=f"trainer.max_steps (D + G updates) of every run; default per shape: {STEPS}")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with one thread when > 1)")
     args = parser.parse_args()
 
     tag = "-".join(e.replace("=", "").replace(".", "_") for e in args.extra) or "default"
-    if args.max_steps:
-        tag += f"-steps{args.max_steps}"
     out = args.out / tag
+    threads = 1 if args.jobs > 1 and args.threads is None else args.threads
+    runs = [(loss, shape, seed) for shape in args.shapes for loss in args.losses for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the dgmrun processes
+        done = dict(zip(runs, pool.map(lambda r: run_one(out, *r, args.extra, threads), runs)))
     rows = []
     for shape in args.shapes:
         for loss in args.losses:
-            results = [run_one(out, loss, shape, seed, args.extra, args.threads, args.max_steps) for seed in args.seeds]
+            results = [done[(loss, shape, seed)] for seed in args.seeds]
             results = [r for r in results if r]
             modes = [float(r["test/modes"]) for r in results]
             hq = [float(r["test/hq"]) for r in results]
@@ -90,8 +90,7 @@ def main() -> None:
             rows.append(f"| {shape} | {loss} | {mean_std(modes, '.1f')} / {total} | {mean_std(hq, '.3f')} | "
                         f"{len(results)} | {max(walls) if walls else float('nan'):.0f} |")
     extra = " ".join(args.extra) or "(defaults)"
-    steps = args.max_steps or ", ".join(f"{k} {STEPS[k]}" for k in args.shapes)
-    print(f"\nexperiment=gan_toy2d {extra}; trainer.max_steps: {steps}; seeds {args.seeds}\n")
+    print(f"\ndgmrun model=gan data=toy2d {extra}; seeds {args.seeds}; {args.jobs} run(s) at a time\n")
     print("| data | loss | modes | high-quality samples | runs | max wall (s) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -413,7 +413,7 @@ class Toy2D(InMemoryDataModule):
         self,
         name: str = "toy2d",
         shape: str = "8gaussians",
-        num_train: int = 61440,
+        num_train: int | None = None,
         num_val: int = 2500,
         num_test: int = 2500,
         noise: float | None = None,
@@ -423,6 +423,8 @@ class Toy2D(InMemoryDataModule):
     ) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
         readers.toy2d_modes(shape, noise)  # reject an unknown shape now, not at the first batch
+        if num_train is None:
+            num_train = readers.TOY2D_NUM_TRAIN.get(shape, readers.TOY2D_DEFAULT_NUM_TRAIN)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         if num_train < 1 or num_val < 0 or num_test < 0:
             raise DgmrunError(f"data.num_train must be >= 1 and num_val, num_test >= 0, not {self.sizes}")

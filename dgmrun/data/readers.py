@@ -166,6 +166,10 @@ def read_digits() -> Split:
 # Default Gaussian std of each shape (the mixture components' std for the two mixtures).
 TOY2D_NOISE = {"8gaussians": 0.02, "25gaussians": 0.05, "swissroll": 0.1, "moons": 0.05, "rings": 0.05}
 RING_RADII = (0.75, 1.5, 2.25, 3.0)
+# Default training-set size (data.num_train=null), so one epoch count fits every shape: the default 50 epochs
+# of batch 256 are 12,000 batches, and 28,800 for the 5x5 grid, whose 25 tight modes a GAN needs longer to find.
+TOY2D_NUM_TRAIN = {"25gaussians": 147_456}
+TOY2D_DEFAULT_NUM_TRAIN = 61_440
 
 
 def toy2d_modes(shape: str, noise: float | None = None) -> tuple[Tensor, float]:

@@ -25,12 +25,11 @@ feature in D (``minibatch_std``), packing (PacGAN: D judges ``pack`` samples at 
 mode collapse visible to it; Lin et al. 2018), and an exponential moving average of G's weights
 (``ema_decay``) used whenever the model samples (the trained weights are put back afterwards).
 
-Defaults (``conf/model/gan.yaml``) are tuned for toy2d on a CPU: MLP G 3x64 and D 3x128, Adam(1e-3,
+Defaults (``conf/model/gan.yaml``) are tuned for toy2d on a CPU: MLP G 3x64 and D 3x256, Adam(1e-3,
 betas 0.5/0.999) for both, cosine decay of both learning rates to 0 over the run, pack 2 plus a
-minibatch-stddev feature against mode collapse, EMA 0.99 for sampling. With them,
-``experiment=gan_toy2d`` (8000 batches) covers 8/8 modes of 8gaussians with >= 86% high-quality
-samples for seeds 0-2; with both remedies off (``model.pack=1 model.minibatch_std=false``) seed 0
-collapses to 2 modes (seeds 1 and 2 still found 8).
+minibatch-stddev feature against mode collapse, EMA 0.99 for sampling. The cosine decay matters: at
+a constant 1e-4 or 3e-4 the 5x5 grid was not found at all in the same number of steps. Measured
+figures (modes, high-quality samples, seeds 0-2) are in the README.
 
 One training step
 -----------------
@@ -122,7 +121,7 @@ def make_adam(params: Any, settings: dict[str, Any]) -> torch.optim.Adam:
 
 class GAN(GenerativeModel):
     def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, arch: str = "auto",
-                 g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (128, 128, 128),
+                 g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (256, 256, 256),
                  g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128), n_critic: int = 1,
                  clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = True,
                  pack: int = 2, ema_decay: float | None = 0.99, optimizer_g: dict[str, Any] | None = None,

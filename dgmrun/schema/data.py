@@ -87,7 +87,7 @@ TOY2D_SHAPES = ("8gaussians", "25gaussians", "swissroll", "moons", "rings")
 @dataclass
 class Toy2DConfig(DataConfig):
     shape: str = "8gaussians"
-    num_train: int = 61440
+    num_train: Optional[int] = None  # None: the shape's default (readers.TOY2D_NUM_TRAIN)
     num_val: int = 2500
     num_test: int = 2500
     noise: Optional[float] = None
@@ -96,7 +96,8 @@ class Toy2DConfig(DataConfig):
         super().check()
         one_of("data.shape", self.shape, TOY2D_SHAPES)
         for key in ("num_train", "num_val", "num_test"):
-            require(getattr(self, key) > 0, f"data.{key} must be > 0, got {getattr(self, key)}")
+            value = getattr(self, key)
+            require(value is None or value > 0, f"data.{key} must be > 0, got {value}")
         require(self.noise is None or self.noise >= 0, f"data.noise must be >= 0, got {self.noise}")
 
     def info(self) -> DataInfo:

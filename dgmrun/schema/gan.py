@@ -41,7 +41,7 @@ class GANConfig(ModelConfig):
     latent_dim: int = 16
     arch: str = "auto"
     g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
-    d_hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])
+    d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
     g_channels: list[int] = field(default_factory=lambda: [64, 128])
     d_channels: list[int] = field(default_factory=lambda: [64, 128])
     n_critic: int = 1
