@@ -58,3 +58,10 @@ def test_static_data_description_matches_the_loader(cfg_factory, overrides):
     validate(cfg)
     predicted = DATA_SCHEMAS[cfg.data._target_](**{k: v for k, v in cfg.data.items()}).info()
     assert instantiate(cfg.data).info == predicted
+
+
+@pytest.mark.parametrize("model", ["gan", "cgan", "rbm"])
+def test_gradient_clipping_is_refused_for_models_that_step_their_own_optimizers(cfg_factory, model):
+    with pytest.raises(DgmrunError, match="steps its optimizers itself.*remove trainer.gradient_clip_val"):
+        validate(cfg_factory(f"model={model}", "trainer.gradient_clip_val=1.0"))
+    validate(cfg_factory("model=vae", "trainer.gradient_clip_val=1.0"))  # automatic optimization clips

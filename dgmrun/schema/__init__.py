@@ -184,6 +184,10 @@ def validate(cfg: DictConfig) -> None:
     require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     if model is not None and data is not None:
         model.check_data(data.info())
+    if model is not None and model.manual_optimization:
+        require(cfg.trainer.get("gradient_clip_val") is None,
+                f"trainer.gradient_clip_val: {cfg.model._target_.rsplit('.', 1)[-1]} steps its optimizers itself, and "
+                f"Lightning cannot clip gradients for such models; remove trainer.gradient_clip_val")
     # Relative paths mean relative to where dgmrun was started; stored absolute, they stay right in
     # checkpoints used from elsewhere.
     if cfg.data.get("root"):

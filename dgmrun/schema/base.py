@@ -47,6 +47,8 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
 class ModelConfig:
     """Keys every model has."""
 
+    manual_optimization = False  # a class attribute, not a key: True where the model steps its optimizers itself
+
     _target_: str = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[dict[str, Any]] = None

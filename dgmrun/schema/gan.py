@@ -36,6 +36,8 @@ def _widths(key: str, widths: list[int], count: Optional[int] = None) -> None:
 
 @dataclass
 class GANConfig(ModelConfig):
+    manual_optimization = True
+
     optimizer: Optional[OptimizerConfig] = None  # unused: a GAN has one optimizer per player
     loss: str = "ns"
     latent_dim: int = 16

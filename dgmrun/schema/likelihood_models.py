@@ -68,6 +68,8 @@ class PixelCNNConfig(MaskedStackConfig):
 
 @dataclass
 class RBMConfig(ModelConfig):
+    manual_optimization = True
+
     hidden_dim: int = 500
     visible: str = "auto"
     cd_k: int = 1
