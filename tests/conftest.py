@@ -64,3 +64,19 @@ def mnist_small() -> Path:
 
 
 PYTHON = sys.executable
+
+
+def train_losses(model, datamodule, max_steps: int) -> list[float]:
+    """The training loss of every step of a short CPU fit (no logger, checkpoints or validation)."""
+    import lightning.pytorch as pl
+
+    losses: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+               callbacks=[Recorder()]).fit(model, datamodule=datamodule)
+    return losses

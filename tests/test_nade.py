@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from dgmrun.data.datamodule import MNISTLike
 from dgmrun.models.nade import NADE
+from tests.conftest import MNIST_SMALL, train_losses
 
 torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
-MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
-
 
 def info(shape):
     return {"name": "t", "shape": list(shape), "num_classes": 0, "levels": 2}
@@ -62,14 +59,7 @@ def test_trains_on_mnist_small_and_samples():
     torch.manual_seed(0)
     dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
     model = NADE(dm.info.to_dict(), hidden_dim=32, optimizer={"lr": 5e-3})
-    losses: list[float] = []
-
-    class Recorder(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    pl.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(model, datamodule=dm)
+    losses = train_losses(model, dm, max_steps=200)
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 100
     samples = model.sample(4, torch.Generator().manual_seed(0))
     assert samples.shape == (4, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from dgmrun.data.datamodule import MNISTLike
 from dgmrun.models.pixelcnn import PixelCNN
+from tests.conftest import MNIST_SMALL, train_losses
 
 torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
-MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
-
 
 def info(shape, levels=2, num_classes=0):
     return {"name": "t", "shape": list(shape), "num_classes": num_classes, "levels": levels}
@@ -96,14 +93,7 @@ def test_trains_on_mnist_small_and_samples(gated):
     torch.manual_seed(0)
     dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=16, binarize="dynamic")
     model = PixelCNN(dm.info.to_dict(), channels=16, num_layers=3, kernel_size=3, gated=gated, optimizer={"lr": 3e-3})
-    losses: list[float] = []
-
-    class Recorder(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    pl.Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0, callbacks=[Recorder()]).fit(model, datamodule=dm)
+    losses = train_losses(model, dm, max_steps=100)
     assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
     samples = model.eval().sample(2, torch.Generator().manual_seed(0))
     assert samples.shape == (2, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
