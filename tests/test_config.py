@@ -65,3 +65,31 @@ def test_gradient_clipping_is_refused_for_models_that_step_their_own_optimizers(
     with pytest.raises(DgmrunError, match="steps its optimizers itself.*remove trainer.gradient_clip_val"):
         validate(cfg_factory(f"model={model}", "trainer.gradient_clip_val=1.0"))
     validate(cfg_factory("model=vae", "trainer.gradient_clip_val=1.0"))  # automatic optimization clips
+
+
+@pytest.mark.parametrize("model,expected", [("vae", "dynamic"), ("nade", "dynamic"), ("dcgan", "none"),
+                                            ("cgan", "none"), ("gmmn", "none")])
+def test_binarize_auto_is_the_models_choice(cfg_factory, model, expected):
+    cfg = cfg_factory(f"model={model}", "data=mnist")
+    assert cfg.data.binarize == "auto"
+    validate(cfg)
+    assert cfg.data.binarize == expected
+    explicit = cfg_factory(f"model={model}", "data=mnist", "data.binarize=static")
+    validate(explicit)
+    assert explicit.data.binarize == "static"
+
+
+def test_binarize_auto_waits_for_the_checkpoints_model(cfg_factory, tmp_path):
+    """``task=eval ckpt_path=<a GAN run> data=mnist``: auto is resolved by the GAN of the checkpoint,
+    not by the default model of the command line."""
+    from dgmrun.checkpoint import merge_with_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    cfg = cfg_factory("task=eval", "data=mnist", f"ckpt_path={ckpt}")
+    validate(cfg)
+    assert cfg.data.binarize == "auto"
+    stored = {"model": dict(cfg_factory("model=dcgan").model), "data": dict(cfg_factory("data=digits").data)}
+    merged = merge_with_checkpoint(cfg, stored, ["task=eval", "data=mnist", f"ckpt_path={ckpt}"])
+    validate(merged, checkpoint_merged=True)
+    assert merged.data.name == "mnist" and merged.data.binarize == "none"

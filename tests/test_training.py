@@ -8,11 +8,13 @@ import torch
 from hydra.utils import instantiate
 
 from dgmrun.checkpoint import build_model
+from dgmrun.schema import validate
 
 
 @pytest.mark.parametrize("scheduler,precision", [("cosine", "32-true"), ("step", "bf16-mixed")])
 def test_vae_fits_with_a_scheduler_and_precision(cfg_factory, scheduler, precision):
     cfg = cfg_factory(f"model.scheduler={{name: {scheduler}, step_size: 1, gamma: 0.5}}", "model.latent_dim=4")
+    validate(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.info)
     trainer = pl.Trainer(max_epochs=2, precision=precision, logger=False, enable_checkpointing=False,
@@ -28,6 +30,7 @@ def test_vae_fits_with_a_scheduler_and_precision(cfg_factory, scheduler, precisi
 
 def test_test_metrics_are_computed_in_float32_under_bf16(cfg_factory):
     cfg = cfg_factory("model.latent_dim=4")
+    validate(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.info)
     quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")

@@ -84,6 +84,9 @@ def _check_fractions(**fractions: float) -> None:
 
 
 def _check_binarize(mode: str) -> str:
+    if mode == "auto":  # dgmrun's config check replaces it with the model's choice (ModelConfig.binarize_auto)
+        raise DgmrunError("data.binarize=auto is decided by the model: give none, static or dynamic when "
+                          "building a data module without dgmrun's config check")
     if mode not in BINARIZE_MODES:
         raise DgmrunError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}, not {mode!r}")
     return mode

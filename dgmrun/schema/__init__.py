@@ -172,8 +172,13 @@ def resolve_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check types and values of every group, and that the model can take the data."""
+def validate(cfg: DictConfig, checkpoint_merged: bool = False) -> None:
+    """Check types and values of every group, and that the model can take the data.
+
+    With a ``ckpt_path`` the model is the checkpoint's, known only once the checkpoint is read: the
+    model-data checks (and ``data.binarize=auto``) wait for the second call, on the merged config
+    (``checkpoint_merged=True``).
+    """
     model_schema = MODEL_SCHEMAS.get(cfg.model.get("_target_", ""))
     data_schema = DATA_SCHEMAS.get(cfg.data.get("_target_", ""))
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
@@ -182,7 +187,10 @@ def validate(cfg: DictConfig) -> None:
     _check_node(cfg.eval, EvalConfig, "eval")
     _check_node(cfg.trainer, TrainerConfig, "trainer", allow_extra=True)
     require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
-    if model is not None and data is not None:
+    model_known = cfg.ckpt_path is None or checkpoint_merged
+    if model_known and cfg.data.get("binarize") == "auto":  # the data module only ever sees none/static/dynamic
+        cfg.data.binarize = data.binarize = model_schema.binarize_auto if model_schema else "none"
+    if model is not None and data is not None and model_known:
         model.check_data(data.info())
     if model is not None and model.manual_optimization:
         require(cfg.trainer.get("gradient_clip_val") is None,

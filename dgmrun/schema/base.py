@@ -47,7 +47,9 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
 class ModelConfig:
     """Keys every model has."""
 
-    manual_optimization = False  # a class attribute, not a key: True where the model steps its optimizers itself
+    # Class attributes, not keys:
+    manual_optimization = False  # True where the model steps its optimizers itself
+    binarize_auto = "dynamic"    # what data.binarize=auto means for this model (GANs: "none", the grey levels)
 
     _target_: str = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from dgmrun.data.info import DataInfo
 from dgmrun.schema.base import one_of, require
 
-BINARIZE = ("none", "static", "dynamic")
+BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
 
 
 @dataclass

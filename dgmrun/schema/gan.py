@@ -37,6 +37,7 @@ def _widths(key: str, widths: list[int], count: Optional[int] = None) -> None:
 @dataclass
 class GANConfig(ModelConfig):
     manual_optimization = True
+    binarize_auto = "none"
 
     optimizer: Optional[OptimizerConfig] = None  # unused: a GAN has one optimizer per player
     loss: str = "ns"
@@ -122,6 +123,8 @@ GMMN_SPACES = ("pixels", "code")
 
 @dataclass
 class GMMNConfig(ModelConfig):
+    binarize_auto = "none"
+
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))
     latent_dim: int = 16
     hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])

@@ -73,7 +73,7 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
     merged = merge_with_checkpoint(cfg, checkpoint["dgmrun"]["config"], command_line_overrides())
-    validate(merged)
+    validate(merged, checkpoint_merged=True)
     return merged, checkpoint
 
 
