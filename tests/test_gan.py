@@ -261,7 +261,8 @@ def test_dcgan_preset_on_mnist_trains_and_samples_images(mnist_small, cfg_factor
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule.info)
-    assert model.arch == "dcgan" and model.pack == 1 and model.ema is not None
+    assert model.arch == "dcgan" and model.pack == 2 and model.ema is not None
+    assert datamodule.info.levels == 256  # data.binarize=auto: a GAN learns the grey levels
     trainer = fit(model, datamodule, limit_train_batches=3)
     assert trainer.global_step == 6
     model.eval()
