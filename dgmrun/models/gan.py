@@ -72,22 +72,47 @@ from dgmrun.schema.gan import resolve_gan_arch
 
 
 # ---------------------------------------------------------------------------------- the losses
+# Named functions, not lambdas: the model keeps them, and ddp_spawn pickles the model.
 def _bce_d(real: Tensor, fake: Tensor) -> Tensor:
     return F.softplus(-real).mean() + F.softplus(fake).mean()  # -log sigma(r) - log(1 - sigma(f))
+
+
+def _minimax_g(fake: Tensor) -> Tensor:
+    return -F.softplus(fake).mean()  # log(1 - sigma(f)) = -softplus(f)
+
+
+def _ns_g(fake: Tensor) -> Tensor:
+    return F.softplus(-fake).mean()  # -log sigma(f) = softplus(-f)
 
 
 def _wasserstein_d(real: Tensor, fake: Tensor) -> Tensor:
     return fake.mean() - real.mean()
 
 
+def _wasserstein_g(fake: Tensor) -> Tensor:  # also the hinge loss's G loss
+    return -fake.mean()
+
+
+def _lsgan_d(real: Tensor, fake: Tensor) -> Tensor:
+    return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def _lsgan_g(fake: Tensor) -> Tensor:
+    return 0.5 * ((fake - 1) ** 2).mean()
+
+
+def _hinge_d(real: Tensor, fake: Tensor) -> Tensor:
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
 LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     # name: (d_loss(real_logits, fake_logits), g_loss(fake_logits)), both to be minimised
-    "minimax": (_bce_d, lambda f: -F.softplus(f).mean()),              # log(1 - sigma(f)) = -softplus(f)
-    "ns": (_bce_d, lambda f: F.softplus(-f).mean()),                   # -log sigma(f) = softplus(-f)
-    "wgan": (_wasserstein_d, lambda f: -f.mean()),
-    "wgan_gp": (_wasserstein_d, lambda f: -f.mean()),
-    "lsgan": (lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(), lambda f: 0.5 * ((f - 1) ** 2).mean()),
-    "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
+    "minimax": (_bce_d, _minimax_g),
+    "ns": (_bce_d, _ns_g),
+    "wgan": (_wasserstein_d, _wasserstein_g),
+    "wgan_gp": (_wasserstein_d, _wasserstein_g),
+    "lsgan": (_lsgan_d, _lsgan_g),
+    "hinge": (_hinge_d, _wasserstein_g),
 }
 
 
