@@ -266,7 +266,10 @@ class SampleScorer:
         return self._network
 
     def note_missing(self) -> str:
-        note = missing_network_note(self.info.name)
+        if str(self.eval_cfg.get("feature_network", "auto")) == "none":
+            note = "sample-quality metrics (FID, KID, IS, precision/recall) skipped: eval.feature_network=none"
+        else:
+            note = missing_network_note(self.info.name)
         if not self._noted:
             log.info(note)
             self._noted = True

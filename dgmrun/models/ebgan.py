@@ -48,7 +48,7 @@ class AutoencoderCritic(nn.Module):
 
 
 class EBGAN(GAN):
-    def __init__(self, data_info: dict[str, Any], margin: float = 1.0, pt_weight: float = 0.1, code_dim: int = 32,
+    def __init__(self, data_info: dict[str, Any], margin: float = 0.3, pt_weight: float = 0.1, code_dim: int = 32,
                  **gan_args: Any):
         self.code_dim = code_dim
         gan_args.setdefault("pack", 1)

@@ -167,7 +167,7 @@ class InfoGANConfig(GANConfig):
 @dataclass
 class EBGANConfig(GANConfig):
     pack: int = 1
-    margin: float = 1.0
+    margin: float = 0.3
     pt_weight: float = 0.1
     code_dim: int = 32
 
