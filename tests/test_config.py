@@ -74,6 +74,9 @@ def test_binarize_auto_is_the_models_choice(cfg_factory, model, expected):
     assert cfg.data.binarize == "auto"
     validate(cfg)
     assert cfg.data.binarize == expected
+    scoring = cfg_factory(f"model={model}", "data=mnist", "task=eval", "eval.samples=samples.npz")
+    validate(scoring)
+    assert scoring.data.binarize == "none"  # scoring files: no model decides, the data are taken as they are
     explicit = cfg_factory(f"model={model}", "data=mnist", "data.binarize=static")
     validate(explicit)
     assert explicit.data.binarize == "static"

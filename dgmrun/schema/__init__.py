@@ -187,9 +187,12 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False) -> None:
     _check_node(cfg.eval, EvalConfig, "eval")
     _check_node(cfg.trainer, TrainerConfig, "trainer", allow_extra=True)
     require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
-    model_known = cfg.ckpt_path is None or checkpoint_merged
-    if model_known and cfg.data.get("binarize") == "auto":  # the data module only ever sees none/static/dynamic
-        cfg.data.binarize = data.binarize = model_schema.binarize_auto if model_schema else "none"
+    scoring_files = cfg.task.name == "eval" and cfg.ckpt_path is None  # eval.samples: no model is involved
+    model_known = (cfg.ckpt_path is None or checkpoint_merged) and not scoring_files
+    if (model_known or scoring_files) and cfg.data.get("binarize") == "auto":  # the loaders never see auto
+        cfg.data.binarize = model_schema.binarize_auto if model_known and model_schema else "none"
+        if data is not None:
+            data.binarize = cfg.data.binarize
     if model is not None and data is not None and model_known:
         model.check_data(data.info())
     if model is not None and model.manual_optimization:
