@@ -66,14 +66,16 @@ class GMMN(GenerativeModel):
         target_dim = code_dim if space == "code" else info.num_dims
         self.generator = mlp(latent_dim, hidden_dims, target_dim)
         if space == "code":
-            self.encoder = nn.Sequential(nn.Flatten(), mlp(info.num_dims, ae_hidden_dims, code_dim), nn.Sigmoid())
+            # Unbounded codes: sigmoid codes (Li et al.) saturated at 1 on MNIST within the first epochs,
+            # which left every image with the same code and G matching a single point.
+            self.encoder = nn.Sequential(nn.Flatten(), mlp(info.num_dims, ae_hidden_dims, code_dim))
             self.decoder = mlp(code_dim, list(reversed(list(ae_hidden_dims))), info.num_dims)
 
     # ------------------------------------------------------------------ the model
     def _generated_targets(self, z: Tensor) -> Tensor:
         out = self.generator(z)
         if self.space == "code":
-            return torch.sigmoid(out)  # codes live in (0, 1), like the encoder's
+            return out
         return torch.sigmoid(out) if self.data_info.is_image else out
 
     def _decode(self, code: Tensor) -> Tensor:
