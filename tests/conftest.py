@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -68,8 +70,6 @@ PYTHON = sys.executable
 
 def train_losses(model, datamodule, max_steps: int) -> list[float]:
     """The training loss of every step of a short CPU fit (no logger, checkpoints or validation)."""
-    import lightning.pytorch as pl
-
     losses: list[float] = []
 
     class Recorder(pl.Callback):
@@ -80,3 +80,16 @@ def train_losses(model, datamodule, max_steps: int) -> list[float]:
                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                callbacks=[Recorder()]).fit(model, datamodule=datamodule)
     return losses
+
+
+
+class SaveWeightsPerRank(pl.Callback):
+    """Saves every rank's state dict (float32) to ``folder/rank<i>.pt`` when training ends, for DDP tests
+    that compare the replicas. Module-level, so that ddp_spawn can pickle it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save({k: v.detach().float().clone() for k, v in pl_module.state_dict().items()},
+                   self.folder / f"rank{trainer.global_rank}.pt")

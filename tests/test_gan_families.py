@@ -16,6 +16,7 @@ from dgmrun.models.cgan import ACGAN, CGAN
 from dgmrun.models.ebgan import EBGAN, pull_away_term
 from dgmrun.models.gmmn import GMMN, median_bandwidths, mixed_rbf_kernel, mmd2
 from dgmrun.models.infogan import InfoGAN
+from tests.conftest import SaveWeightsPerRank
 
 TOY = {"name": "toy2d", "shape": [2], "num_classes": 8, "levels": None}
 IMG = {"name": "tiny", "shape": [1, 16, 16], "num_classes": 3, "levels": 256}
@@ -240,15 +241,6 @@ def test_family_configs_refuse_bad_values(cfg_factory):
 
 
 # ------------------------------------------------------------------------------------ DDP and bf16
-class _SaveWeights(pl.Callback):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module):
-        torch.save({k: v.detach().float().clone() for k, v in pl_module.state_dict().items()},
-                   self.folder / f"rank{trainer.global_rank}.pt")
-
-
 @pytest.mark.parametrize("make", [
     lambda: CGAN(IMG, pack=2, **SMALL_CONV), lambda: ACGAN(TOY, pack=2, **SMALL_MLP),
     lambda: InfoGAN(IMG, categorical_dim=3, pack=2, **SMALL_CONV), lambda: EBGAN(TOY, **SMALL_MLP),
@@ -262,7 +254,7 @@ def test_family_trains_under_ddp_with_bf16(make, tmp_path):
     info = {"shape": list(model.data_info.shape), "num_classes": max(model.data_info.num_classes, 1)}
     pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, precision="bf16-mixed", max_epochs=1,
                limit_train_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, callbacks=[_SaveWeights(tmp_path)]).fit(model, train_dataloaders=loader(info))
+               enable_model_summary=False, callbacks=[SaveWeightsPerRank(tmp_path)]).fit(model, train_dataloaders=loader(info))
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     # BN running statistics are each rank's own (DDP broadcasts rank 0's before every forward); the rest agrees
     differ = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]

@@ -12,6 +12,7 @@ import torch
 from dgmrun.data.datamodule import MNISTLike
 from dgmrun.metrics.likelihood import ais_log_partition, exact_log_partition
 from dgmrun.models.rbm import RBM
+from tests.conftest import SaveWeightsPerRank
 
 torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are ~20x slower
 MNIST_SMALL = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist-small"
@@ -139,14 +140,6 @@ def test_trains_on_mnist_small_and_samples():
     assert 60 < nll < 400
 
 
-class _SaveWeights(pl.Callback):
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        torch.save(pl_module.W.detach().clone(), self.folder / f"rank{trainer.global_rank}.pt")
-
-
 def test_under_ddp_the_replicas_take_the_same_steps(tmp_path):
     """Two gloo processes see different shards and run different chains; the CD gradients are averaged
     over them, so both end with the same weights (without the all-reduce they would drift apart)."""
@@ -157,7 +150,7 @@ def test_under_ddp_the_replicas_take_the_same_steps(tmp_path):
     initial = model.W.detach().clone()
     pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=5, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               limit_val_batches=0, callbacks=[_SaveWeights(tmp_path)]).fit(model, datamodule=dm)
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+               limit_val_batches=0, callbacks=[SaveWeightsPerRank(tmp_path)]).fit(model, datamodule=dm)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt")["W"], torch.load(tmp_path / "rank1.pt")["W"]
     assert torch.equal(rank0, rank1)
     assert (rank0 - initial).abs().max() > 1e-3  # it trained
