@@ -167,9 +167,9 @@ def test_fid_orders_real_test_images_before_noise(tmp_path, digits_evaluators):
     datamodule = instantiate(cfg.data, _convert_="all")
     scorer = SampleScorer(cfg, datamodule)
     x_test, _ = datamodule.split_tensors("test")
-    real = scorer.score(((x, None) for x in x_test.split(100)), seed=0)
+    real = scorer.score(((x, None, None) for x in x_test.split(100)), seed=0)
     noise = torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    noise = scorer.score(((x, None) for x in noise.split(100)), 0)
+    noise = scorer.score(((x, None, None) for x in noise.split(100)), 0)
     assert real["test/fid"] * 5 < noise["test/fid"], (real["test/fid"], noise["test/fid"])
     assert real["test/kid"] < noise["test/kid"]
     assert real["test/precision"] > 0.6 > noise["test/precision"]
@@ -207,7 +207,44 @@ def test_class_accuracy_of_a_class_conditional_sampler(tmp_path, digits_evaluato
     wrong = sample_metrics(RealDigits(3), datamodule, 300, seed=0, batch_size=128, cfg=cfg)
     assert right["test/class_accuracy"] > 0.9 and wrong["test/class_accuracy"] < 0.1
     assert "300 generated, classes 0..9 asked for in turn" in right["test/class_accuracy_protocol"]
-    assert "test/class_accuracy" not in SampleScorer(cfg, datamodule).score([(x_test[:200], None)], seed=0)
+    assert "test/class_accuracy" not in SampleScorer(cfg, datamodule).score([(x_test[:200], None, None)], seed=0)
+
+
+def test_code_accuracy_of_an_unsupervised_categorical_code(tmp_path, digits_evaluators):
+    """A "model" whose code value k draws real test digits of class perm[k] scores as the classifier does
+    on them, whatever the permutation; one whose digits do not depend on the code scores near chance."""
+    from hydra.utils import instantiate
+
+    from dgmrun.metrics.samples import sample_metrics
+
+    cfg = _digits_cfg(tmp_path, digits_evaluators, "eval.pr_num_samples=200")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    x_test, y_test = datamodule.split_tensors("test")
+    perm = [3, 9, 0, 4, 1, 7, 2, 8, 6, 5]
+
+    class CodedDigits(torch.nn.Module):
+        data_info, device = datamodule.info, torch.device("cpu")
+
+        def __init__(self, follows_code: bool) -> None:
+            super().__init__()
+            self.follows_code = follows_code
+
+        def sample(self, n, generator=None):
+            raise AssertionError("the evaluation draws through sample_by_code")
+
+        def sample_by_code(self, n, generator=None):
+            codes = torch.arange(n) % 10
+            if self.follows_code:
+                picks = [torch.nonzero(y_test == perm[k])[i % 10, 0] for i, k in enumerate(codes.tolist())]
+            else:
+                picks = torch.randperm(len(x_test), generator=generator)[:n].tolist()
+            return x_test[torch.tensor(picks)], codes
+
+    coded = sample_metrics(CodedDigits(True), datamodule, 300, seed=0, batch_size=128, cfg=cfg)
+    uncoded = sample_metrics(CodedDigits(False), datamodule, 300, seed=0, batch_size=128, cfg=cfg)
+    assert coded["test/code_accuracy"] > 0.9 and uncoded["test/code_accuracy"] < 0.35
+    assert "300 generated" in coded["test/code_accuracy_protocol"] and "Hungarian" in coded["test/code_accuracy_protocol"]
+    assert "test/class_accuracy" not in coded
 
 
 # ----------------------------------------------------------------------------- task=eval eval.samples

@@ -275,14 +275,16 @@ def test_schema_refuses_bad_values(cfg_factory):
     from dgmrun.schema import validate
 
     for bad, message in [("model.loss=wgan_xx", "model.loss"), ("model.pack=0", "model.pack"),
-                         ("model.ema_decay=1.5", "model.ema_decay"), ("model.arch=dcgan", "needs images")]:
+                         ("model.ema_decay=1.5", "model.ema_decay"), ("model.arch=dcgan", "needs images"),
+                         ("model.optimizer_d.name=adagrad", "optimizer.name")]:
         cfg = cfg_factory("model=gan", "data=toy2d", bad)
         with pytest.raises(DgmrunError, match=message):
             validate(cfg)
 
 
 @pytest.mark.parametrize("preset,key,value", [("dcgan", "arch", "dcgan"), ("wgan_gp", "n_critic", 5),
-                                              ("lsgan", "loss", "lsgan"), ("sngan", "spectral_norm", True)])
+                                              ("wgan", "loss", "wgan"), ("lsgan", "loss", "lsgan"),
+                                              ("sngan", "spectral_norm", True)])
 def test_presets_extend_the_gan(cfg_factory, preset, key, value):
     from dgmrun.schema import validate
 
@@ -290,6 +292,14 @@ def test_presets_extend_the_gan(cfg_factory, preset, key, value):
     assert cfg.model._target_ == "dgmrun.models.gan.GAN" and cfg.model[key] == value
     assert "pack" in cfg.model  # the rest comes from gan.yaml
     validate(cfg)
+
+
+def test_each_player_gets_the_optimizer_it_names():
+    model = small_gan(loss="wgan", optimizer_d={"name": "rmsprop", "lr": 5e-5}, optimizer_g={"lr": 1e-3})
+    opt_d, opt_g = model.configure_optimizers()
+    assert isinstance(opt_d, torch.optim.RMSprop) and opt_d.param_groups[0]["lr"] == 5e-5
+    assert isinstance(opt_g, torch.optim.Adam) and opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+    assert {id(p) for p in opt_d.param_groups[0]["params"]} == {id(p) for p in model.discriminator.parameters()}
 
 
 def test_gan_trains_under_ddp_cpu_through_the_cli(tmp_path):

@@ -14,6 +14,7 @@ from dgmrun.metrics.quality import (
     GaussianStats,
     class_coverage,
     class_kl,
+    matched_accuracy,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -236,6 +237,15 @@ def test_class_kl_on_hand_made_histograms() -> None:
     # Uneven: p = (3/4, 1/4, 0).
     expected = 0.75 * math.log(0.75 * 3) + 0.25 * math.log(0.25 * 3)
     assert class_kl([0, 0, 0, 1], num_classes=3) == pytest.approx(expected, rel=1e-12)
+
+
+def test_matched_accuracy_on_hand_made_labellings() -> None:
+    # codes 0,1,2 -> classes 5,3,{3,1}: the best one-to-one matching is 0->5, 1->3, 2->1: 5 of 6 right
+    assert matched_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 1], 3, 10) == pytest.approx(5 / 6)
+    assert matched_accuracy(np.arange(40) % 4, (np.arange(40) + 1) % 4, 4, 4) == 1.0  # any relabelling
+    assert matched_accuracy([0, 0, 0, 0], [0, 1, 2, 3], 1, 4) == 0.25  # one value can match one class only
+    with pytest.raises(ValueError, match="one length"):
+        matched_accuracy([0, 1], [0], 2, 2)
 
 
 def test_class_metrics_reject_out_of_range_labels() -> None:

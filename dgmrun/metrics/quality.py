@@ -326,6 +326,23 @@ def _class_counts(pred_labels: ArrayLike, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=num_classes)
 
 
+def matched_accuracy(codes: ArrayLike, pred_labels: ArrayLike, num_codes: int, num_classes: int) -> float:
+    """Accuracy of an unsupervised labelling (``codes``) of samples whose classes are ``pred_labels``,
+    under the one-to-one matching of code values to classes that maximises it (the Hungarian algorithm
+    on the num_codes x num_classes co-occurrence counts; unmatched values count as errors). This is how
+    the InfoGAN paper scores its categorical code on MNIST (5% error). In [0, 1]."""
+    from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-learn
+
+    codes, labels = _as_tensor(codes).long().ravel(), _as_tensor(pred_labels).long().ravel()
+    if codes.numel() != labels.numel() or codes.numel() == 0:
+        raise ValueError(f"codes and pred_labels must be non-empty and of one length, got {codes.numel()} "
+                         f"and {labels.numel()}")
+    counts = torch.zeros(num_codes, num_classes, dtype=torch.long)
+    counts.index_put_((codes, labels), torch.ones_like(codes), accumulate=True)
+    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
+    return float(counts[rows, cols].sum().item() / codes.numel())
+
+
 def class_coverage(pred_labels: ArrayLike, num_classes: int, threshold: float = 0.1) -> int:
     """Number of classes predicted for at least ``threshold`` x N / num_classes samples.
 

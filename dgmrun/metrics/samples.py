@@ -46,6 +46,7 @@ from dgmrun.metrics.quality import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    matched_accuracy,
     precision_recall,
 )
 from dgmrun.metrics.toy import mode_metrics
@@ -76,15 +77,20 @@ class FeatureStream:
         self.keys = torch.empty(0)
         self.probs: list[Tensor] = []
         self.asked_correct = self.asked_count = 0
+        self.codes: list[Tensor] = []
 
-    def update(self, feats: Tensor, probs: Tensor | None = None, asked: Tensor | None = None) -> None:
-        """``asked``: the classes a class-conditional model was asked for (scored against argmax ``probs``)."""
+    def update(self, feats: Tensor, probs: Tensor | None = None, asked: Tensor | None = None,
+               codes: Tensor | None = None) -> None:
+        """``asked``: the classes a class-conditional model was asked for (scored against argmax ``probs``);
+        ``codes``: the values of an unsupervised categorical code (InfoGAN's) the samples were drawn with."""
         self.stats.update(feats)
         if probs is not None:
             self.probs.append(probs.float())
             if asked is not None:
                 self.asked_correct += int((probs.argmax(1).cpu() == asked.cpu()).sum())
                 self.asked_count += len(asked)
+            if codes is not None:
+                self.codes.append(codes.cpu())
         keys = torch.rand(len(feats), generator=self.generator)
         pool = feats.float() if self.pool is None else torch.cat([self.pool, feats.float()])
         keys = torch.cat([self.keys, keys])
@@ -231,6 +237,12 @@ def score_features(gen: FeatureStream, ref: Reference, network: FeatureNetwork, 
                 out[f"{prefix}/class_accuracy_protocol"] = (
                     f"{network.description}; {gen.asked_count} generated, classes 0..{num_classes - 1} asked for in "
                     f"turn, fraction whose argmax class is the one asked for")
+            if gen.codes:
+                codes = torch.cat(gen.codes)
+                out[f"{prefix}/code_accuracy"] = matched_accuracy(codes, labels, int(codes.max()) + 1, num_classes)
+                out[f"{prefix}/code_accuracy_protocol"] = (
+                    f"{network.description}; {len(codes)} generated, the values of the first categorical code in "
+                    f"turn, matched one-to-one to the argmax classes (Hungarian), fraction whose class is the match")
     return out
 
 
@@ -291,29 +303,35 @@ class SampleScorer:
                 num=int(_setting(self.eval_cfg, "reference_num_samples", 0)), pool_size=pool)
         return self._reference
 
-    def score(self, batches: Iterable[tuple[Tensor, Tensor | None]], seed: int, prefix: str = "test") -> dict[str, Any]:
-        """Scores of (images, classes asked for or None) batches."""
+    def score(self, batches: Iterable[tuple[Tensor, Tensor | None, Tensor | None]], seed: int,
+              prefix: str = "test") -> dict[str, Any]:
+        """Scores of (images, classes asked for or None, categorical codes or None) batches."""
         network = self.network
         assert network is not None
         ref = self.reference()
         stream = FeatureStream(self.pool_size, seed)
-        for batch, asked in batches:
+        for batch, asked, codes in batches:
             feats, probs = network(batch)
-            stream.update(feats, probs, asked)
+            stream.update(feats, probs, asked, codes)
         return score_features(stream, ref, network, self.eval_cfg, self.info.num_classes, seed, prefix)
 
 
 def _model_batches(model: Any, n: int, batch_size: int,
-                   generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """(samples, classes asked for): a class-conditional model is asked for every class in turn."""
+                   generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None, Tensor | None]]:
+    """(samples, classes asked for, codes): a class-conditional model is asked for every class in turn; a
+    model with an unsupervised categorical code (``sample_by_code``) says which value drew each sample."""
     conditional = "classes" in inspect.signature(model.sample).parameters
     classes = list(range(model.data_info.num_classes)) if conditional else None
+    by_code = getattr(model, "sample_by_code", None)
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        if classes is None:
-            yield model.sample(size, generator), None
+        if by_code is not None:
+            samples, codes = by_code(size, generator)
+            yield samples, None, codes
+        elif classes is None:
+            yield model.sample(size, generator), None, None
         else:  # the model cycles through the classes given: sample i has class i mod K
-            yield model.sample(size, generator, classes=classes), torch.arange(size) % len(classes)
+            yield model.sample(size, generator, classes=classes), torch.arange(size) % len(classes), None
 
 
 @torch.no_grad()
@@ -432,6 +450,6 @@ def score_sample_file(cfg: Any, datamodule: Any, path: str | os.PathLike, seed: 
     scorer = SampleScorer(cfg, datamodule, device)
     if scorer.network is None:
         raise DgmrunError(missing_network_note(info.name).replace("skipped", "unavailable"))
-    metrics = scorer.score(((batch, None) for batch in batches), seed)
+    metrics = scorer.score(((batch, None, None) for batch in batches), seed)
     metrics["test/num_samples"] = count
     return metrics

@@ -26,6 +26,18 @@ from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 
 
+def make_optimizer(params: Any, settings: dict[str, Any], default_betas: Sequence[float] = (0.9, 0.999)
+                   ) -> torch.optim.Optimizer:
+    """``model.optimizer`` (or a GAN player's): Adam (the default), RMSprop (WGAN's recipe) or plain SGD (RBM's)."""
+    name, weight_decay = settings.get("name", "adam"), settings.get("weight_decay", 0.0)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=settings["lr"], weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=settings["lr"], weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings.get("betas", default_betas)),
+                            weight_decay=weight_decay)
+
+
 class GenerativeModel(pl.LightningModule):
     def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None):
@@ -98,9 +110,7 @@ class GenerativeModel(pl.LightningModule):
         return metrics
 
     def configure_optimizers(self) -> Any:
-        settings = self.optimizer_settings
-        optimizer = torch.optim.Adam(self.parameters(), lr=settings["lr"], betas=tuple(settings.get("betas", (0.9, 0.999))),
-                                     weight_decay=settings.get("weight_decay", 0.0))
+        optimizer = make_optimizer(self.parameters(), self.optimizer_settings)
         scheduler = self.make_scheduler(optimizer)
         if scheduler is None:
             return optimizer

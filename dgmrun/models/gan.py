@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.errors import DgmrunError
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, make_optimizer
 from dgmrun.models.ema import EMA
 from dgmrun.nets.gan_blocks import (
     DCGANCritic,
@@ -138,11 +138,6 @@ def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor
     if not grads:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def make_adam(params: Any, settings: dict[str, Any]) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings.get("betas", (0.5, 0.999))),
-                            weight_decay=settings.get("weight_decay", 0.0))
 
 
 class GAN(GenerativeModel):
@@ -251,8 +246,8 @@ class GAN(GenerativeModel):
 
     # ------------------------------------------------------------------ Lightning
     def configure_optimizers(self) -> Any:
-        opt_d = make_adam(self.d_parameters(), self.optimizer_d_settings)
-        opt_g = make_adam(self.g_parameters(), self.optimizer_g_settings)
+        opt_d = make_optimizer(self.d_parameters(), self.optimizer_d_settings, default_betas=(0.5, 0.999))
+        opt_g = make_optimizer(self.g_parameters(), self.optimizer_g_settings, default_betas=(0.5, 0.999))
         schedulers = self._make_schedulers(opt_d, opt_g)
         return ([opt_d, opt_g], schedulers) if schedulers else [opt_d, opt_g]
 

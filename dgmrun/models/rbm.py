@@ -18,7 +18,7 @@ matrix products as scikit-learn's update, with none of the graph's overhead):
 
     dloss/dW = -(<v p(h|v)>_data - <v~ p(h|v~)>_chains),  dloss/db = -(<v> - <v~>),  dloss/dc = -(<p(h|v)> - <p(h|v~)>)
 
-(the same for Gaussian visibles). The optimizer is plain SGD with ``model.optimizer.lr`` (and
+(the same for Gaussian visibles). The optimizer is plain SGD (``model.optimizer.name=sgd``) with ``model.optimizer.lr`` (and
 weight_decay): W <- W + lr (<v h>_data - <v h>_chains), batch means. Under DDP the gradients are
 averaged over the processes before the step, as DDP's backward would.
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.metrics.likelihood import ais_log_partition, bernoulli
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, make_optimizer
 
 AIS_SEED = 1234  # fixed, so task=eval gives the same log Z for the same checkpoint and settings
 
@@ -174,8 +174,7 @@ class RBM(GenerativeModel):
         self.log_dict(metrics, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        s = self.optimizer_settings
-        optimizer = torch.optim.SGD(self.parameters(), lr=s["lr"], weight_decay=s.get("weight_decay", 0.0))
+        optimizer = make_optimizer(self.parameters(), {"name": "sgd", **self.optimizer_settings})
         scheduler = self.make_scheduler(optimizer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 

@@ -20,13 +20,18 @@ def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
     require(value in choices, f"{key}={value!r} is not one of: {', '.join(choices)}")
 
 
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
 @dataclass
 class OptimizerConfig:
+    name: str = "adam"  # adam | rmsprop | sgd (plain, no momentum); betas: Adam only
     lr: float = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
 
     def check(self) -> None:
+        one_of("optimizer.name", self.name, OPTIMIZERS)
         require(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
