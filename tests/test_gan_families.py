@@ -168,6 +168,32 @@ def test_bigan_trains_encoder_and_reconstructs(info, args):
         assert figures == {}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bigan_encoder_learns_to_invert_the_generator(seed):
+    """At the BiGAN optimum E = G^-1 (Donahue et al., Theorem 2). On the 8-Gaussian ring with a 2-D
+    latent, 1,024 updates (~6 s) bring E(G(z)) in line with z: cosine ~0 before, > 0.8 after."""
+    from dgmrun.data.datamodule import Toy2D
+
+    torch.manual_seed(seed)
+    dm = Toy2D(name="toy2d", shape="8gaussians", num_train=8192, batch_size=128, seed=seed)
+    dm.setup("fit")
+    model = BiGAN(dm.info.to_dict(), latent_dim=2, g_hidden_dims=[64, 64], d_hidden_dims=[128, 128],
+                  e_hidden_dims=[64, 64], scheduler={"name": "cosine"})
+
+    def inversion() -> float:
+        model.eval()
+        with torch.no_grad(), model.ema_generator():
+            z = model.sample_latent(2000, torch.Generator().manual_seed(1))
+            cosine = torch.nn.functional.cosine_similarity(model.encode(model.generate(z)), z).mean().item()
+        model.train()
+        return cosine
+
+    before = inversion()
+    pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, max_epochs=8, limit_val_batches=0).fit(model, datamodule=dm)
+    assert abs(before) < 0.3 and inversion() > 0.8, (before, inversion())
+
+
 # ------------------------------------------------------------------------------------ GMMN
 def test_mmd2_against_a_direct_computation():
     g = torch.Generator().manual_seed(0)

@@ -21,20 +21,28 @@ from torch import Tensor, nn
 
 from dgmrun.models.gan import GAN, gradient_penalty
 from dgmrun.nets.conv import conv_encoder
-from dgmrun.nets.gan_blocks import maybe_sn, pack_samples
+from dgmrun.nets.gan_blocks import MinibatchStd, maybe_sn, pack_samples
 from dgmrun.nets.mlp import mlp
 
 
 class JointCritic(nn.Module):
-    """D(x, z): x through ``x_body``, z through an MLP, then an MLP on both features."""
+    """D(x, z): x through ``x_body``, z through an MLP, then an MLP on both features.
 
-    def __init__(self, x_body: nn.Module, x_features: int, z_dim: int, hidden: int = 256, spectral_norm: bool = False):
+    With ``minibatch_std`` the z branch gets the minibatch-stddev feature too, as x's body does: an
+    encoder that maps every image into a small ball of z-space (the z-side mode collapse) is then
+    visible to D in one batch.
+    """
+
+    def __init__(self, x_body: nn.Module, x_features: int, z_dim: int, hidden: int = 256, spectral_norm: bool = False,
+                 minibatch_std: bool = False):
         super().__init__()
         self.x_body = x_body
-        self.z_body = nn.Sequential(maybe_sn(nn.Linear(z_dim, hidden), spectral_norm), nn.LeakyReLU(0.2),
-                                    maybe_sn(nn.Linear(hidden, hidden), spectral_norm), nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(maybe_sn(nn.Linear(x_features + hidden, hidden), spectral_norm), nn.LeakyReLU(0.2),
-                                  maybe_sn(nn.Linear(hidden, 1), spectral_norm))
+        z_layers = [maybe_sn(nn.Linear(z_dim, hidden), spectral_norm), nn.LeakyReLU(0.2),
+                    maybe_sn(nn.Linear(hidden, hidden), spectral_norm), nn.LeakyReLU(0.2)]
+        self.z_body = nn.Sequential(*z_layers, *([MinibatchStd()] if minibatch_std else []))
+        z_features = hidden + int(minibatch_std)
+        self.head = nn.Sequential(maybe_sn(nn.Linear(x_features + z_features, hidden), spectral_norm),
+                                  nn.LeakyReLU(0.2), maybe_sn(nn.Linear(hidden, 1), spectral_norm))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         return self.head(torch.cat([self.x_body(x), self.z_body(z)], dim=1))
@@ -56,7 +64,8 @@ class BiGAN(GAN):
     def build_discriminator(self, extra: int = 0, out_dim: int = 1) -> nn.Module:
         x_critic = super().build_discriminator(extra, out_dim)  # MLP or DCGAN critic on packed x: reuse its body
         return JointCritic(x_critic.body, x_critic.features, self.pack * self.latent_dim,
-                           hidden=max(self.d_hidden_dims), spectral_norm=self.spectral_norm)
+                           hidden=max(self.d_hidden_dims), spectral_norm=self.spectral_norm,
+                           minibatch_std=self.minibatch_std)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)
