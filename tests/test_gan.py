@@ -183,6 +183,21 @@ def test_n_critic_d_steps_per_g_step_and_global_step(n_critic):
     assert "train/g_loss" in trainer.callback_metrics
 
 
+def test_losses_and_grad_norms_reach_the_logger_on_its_steps(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = small_gan()
+    fit(model, toy_data(), limit_train_batches=8, max_epochs=2, log_every_n_steps=3,
+        logger=CSVLogger(tmp_path, name="", version=""))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/d_loss")]
+    # 16 batches across the two epochs: Lightning writes after batches 3, 6, 9, 12 and 15 (its step 2, 5, ...)
+    assert [int(r["step"]) for r in rows] == [2, 5, 8, 11, 14]
+    assert all(float(r["train/d_grad_norm"]) > 0 and float(r["train/g_grad_norm"]) > 0 for r in rows)
+
+
 def test_n_critic_cycle_continues_across_epochs():
     model = small_gan(n_critic=3)
     fit(model, toy_data(n=256), max_epochs=2)  # 4 batches per epoch: D D D G | D ; D D G D D

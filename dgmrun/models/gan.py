@@ -354,11 +354,10 @@ class GAN(GenerativeModel):
                           prog_bar=True, logger=False, batch_size=len(x))
 
     def _logging_now(self) -> bool:
-        """Whether the loggers write this step (``trainer.log_every_n_steps``)."""
-        try:
-            return bool(self.trainer._logger_connector.should_update_logs)
-        except AttributeError:  # a Lightning without this (private) property: log every step
-            return True
+        """Whether the loggers write this batch: Lightning's own rule, every ``log_every_n_steps``-th batch
+        counted across epochs (not optimizer steps) and the last one."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and ((self.trainer.fit_loop.total_batch_idx + 1) % every == 0 or self.trainer.should_stop)
 
     def on_train_epoch_end(self) -> None:
         for scheduler, interval in self._schedulers():
