@@ -56,13 +56,14 @@ class InfoGAN(GAN):
         cont = torch.rand(n, self.continuous_dim, generator=generator, device=self.device) * 2 - 1
         return cat, cont
 
-    def code_vector(self, cat: Tensor, cont: Tensor) -> Tensor:
-        return torch.cat([F.one_hot(cat, self.categorical_dim).flatten(1).float(), cont], dim=1)
+    def latent(self, z: Tensor, cat: Tensor, cont: Tensor) -> Tensor:
+        """G's input [z, onehot(c_cat), c_cont]."""
+        return torch.cat([z, F.one_hot(cat, self.categorical_dim).flatten(1).float(), cont], dim=1)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """[z, onehot(c_cat), c_cont] for fresh codes."""
+        """G's input for fresh z and codes."""
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
-        return torch.cat([z, self.code_vector(*self.sample_codes(n, generator))], dim=1)
+        return self.latent(z, *self.sample_codes(n, generator))
 
     def info_loss(self, fake: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
         """(L_I, lower bound H(c) - L_I) for generated samples and the latents they came from."""
@@ -110,7 +111,7 @@ class InfoGAN(GAN):
             values = torch.arange(n, device=self.device) % self.categorical_dim
             cat[:, 0] = values
         with self.ema_generator():
-            samples = self.to_data_space(self.generator(torch.cat([z, self.code_vector(cat, cont)], 1)).float())
+            samples = self.to_data_space(self.generator(self.latent(z, cat, cont)).float())
         return samples, values
 
     # ------------------------------------------------------------------ figures
@@ -118,23 +119,20 @@ class InfoGAN(GAN):
     def traversals(self, rows: int = 8, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """One grid per code: ``rows`` rows (one z and other codes each) × 8 columns (values of the code)."""
         generator = generator or torch.Generator(self.device).manual_seed(0)
-        z = torch.randn(rows, self.latent_dim, generator=generator, device=self.device)
-        cat, cont = self.sample_codes(rows, generator)
-        cont = torch.zeros_like(cont)
-        grids: dict[str, Tensor] = {}
         cols = 8
+        z = torch.randn(rows, self.latent_dim, generator=generator, device=self.device).repeat_interleave(cols, 0)
+        cat, cont = self.sample_codes(rows, generator)
+        cat, cont = cat.repeat_interleave(cols, 0), torch.zeros_like(cont).repeat_interleave(cols, 0)
+        column = torch.arange(rows * cols, device=self.device) % cols
+        grids: dict[str, Tensor] = {}
         for i in range(self.num_categorical):
-            c = cat[:, None, :].repeat(1, cols, 1)
-            c[:, :, i] = torch.arange(cols, device=self.device) % self.categorical_dim
-            latent = torch.cat([z[:, None].expand(-1, cols, -1).reshape(rows * cols, -1),
-                                self.code_vector(c.reshape(rows * cols, -1), cont.repeat_interleave(cols, 0))], 1)
-            grids[f"traversal_categorical{i}"] = latent
+            c = cat.clone()
+            c[:, i] = column % self.categorical_dim
+            grids[f"traversal_categorical{i}"] = self.latent(z, c, cont)
         for j in range(self.continuous_dim):
-            v = cont[:, None, :].repeat(1, cols, 1)
-            v[:, :, j] = torch.linspace(-2, 2, cols, device=self.device)
-            latent = torch.cat([z[:, None].expand(-1, cols, -1).reshape(rows * cols, -1),
-                                self.code_vector(cat.repeat_interleave(cols, 0), v.reshape(rows * cols, -1))], 1)
-            grids[f"traversal_continuous{j}"] = latent
+            v = cont.clone()
+            v[:, j] = torch.linspace(-2, 2, cols, device=self.device)[column]
+            grids[f"traversal_continuous{j}"] = self.latent(z, cat, v)
         with self.ema_generator():
             return {name: self.to_data_space(self.generator(latent).float()) for name, latent in grids.items()}
 
