@@ -291,7 +291,8 @@ def test_schema_refuses_bad_values(cfg_factory):
 
     for bad, message in [("model.loss=wgan_xx", "model.loss"), ("model.pack=0", "model.pack"),
                          ("model.ema_decay=1.5", "model.ema_decay"), ("model.arch=dcgan", "needs images"),
-                         ("model.optimizer_d.name=adagrad", "optimizer.name")]:
+                         ("model.optimizer_d.name=adagrad", "model.optimizer_d.name"),
+                         ("model.optimizer_g.lr=0", "model.optimizer_g.lr")]:
         cfg = cfg_factory("model=gan", "data=toy2d", bad)
         with pytest.raises(DgmrunError, match=message):
             validate(cfg)

@@ -30,12 +30,12 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
 
-    def check(self) -> None:
-        one_of("optimizer.name", self.name, OPTIMIZERS)
-        require(self.lr > 0, f"optimizer.lr must be > 0, got {self.lr}")
+    def check(self, key: str = "model.optimizer") -> None:
+        one_of(f"{key}.name", self.name, OPTIMIZERS)
+        require(self.lr > 0, f"{key}.lr must be > 0, got {self.lr}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-                 f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        require(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+                 f"{key}.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        require(self.weight_decay >= 0, f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 SCHEDULERS = ("cosine", "step")

@@ -58,8 +58,8 @@ class GANConfig(ModelConfig):
     optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
 
     def check(self) -> None:
-        self.optimizer_g.check()
-        self.optimizer_d.check()
+        self.optimizer_g.check("model.optimizer_g")
+        self.optimizer_d.check("model.optimizer_d")
         check_scheduler(self.scheduler)
         one_of("model.loss", self.loss, GAN_LOSSES)
         one_of("model.arch", self.arch, GAN_ARCHS)
