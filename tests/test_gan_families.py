@@ -115,16 +115,6 @@ def test_infogan_info_loss_and_traversal_grids():
         check_images(grid, 64, IMG["shape"])
 
 
-def test_infogan_with_the_papers_fully_connected_and_batch_norm_layers():
-    model = InfoGAN(IMG, pack=1, g_fc_dim=32, d_fc_dim=24, d_batch_norm=True, **SMALL_CONV)
-    kinds = lambda net: [type(m).__name__ for m in net.modules()]  # noqa: E731
-    assert kinds(model.generator)[1:4] == ["Linear", "BatchNorm1d", "ReLU"] and model.generator[0].out_features == 32
-    assert model.discriminator.features == 24 and kinds(model.discriminator.body).count("BatchNorm1d") == 1
-    assert kinds(model.discriminator.body).count("BatchNorm2d") == 1 and "BatchNorm1d" in kinds(model.q_head)
-    trainer = fit(model, IMG)
-    assert trainer.global_step == 6 and torch.isfinite(trainer.callback_metrics["train/info_loss"])
-
-
 def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
     model = InfoGAN(TOY, num_categorical=1, categorical_dim=4, continuous_dim=1, pack=1, **SMALL_MLP)
     latent = model.sample_latent(6)

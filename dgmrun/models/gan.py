@@ -143,8 +143,7 @@ def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor
 class GAN(GenerativeModel):
     def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, arch: str = "auto",
                  g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (256, 256, 256),
-                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128),
-                 g_fc_dim: int | None = None, d_fc_dim: int | None = None, d_batch_norm: bool = False, n_critic: int = 1,
+                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128), n_critic: int = 1,
                  clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = True,
                  pack: int = 2, ema_decay: float | None = 0.99, optimizer_g: dict[str, Any] | None = None,
                  optimizer_d: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
@@ -158,7 +157,6 @@ class GAN(GenerativeModel):
         self.clip, self.gp_weight = clip, gp_weight
         self.g_hidden_dims, self.d_hidden_dims = list(g_hidden_dims), list(d_hidden_dims)
         self.g_channels, self.d_channels = list(g_channels), list(d_channels)
-        self.g_fc_dim, self.d_fc_dim, self.d_batch_norm = g_fc_dim, d_fc_dim, d_batch_norm
         self.spectral_norm, self.minibatch_std = spectral_norm, minibatch_std
         self.optimizer_g_settings = dict(optimizer_g or {"lr": 1e-3, "betas": (0.5, 0.999)})
         self.optimizer_d_settings = dict(optimizer_d or {"lr": 1e-3, "betas": (0.5, 0.999)})
@@ -182,7 +180,7 @@ class GAN(GenerativeModel):
     def build_generator(self, in_dim: int) -> nn.Module:
         info = self.data_info
         if self.arch == "dcgan":
-            return dcgan_generator(in_dim, info.shape, self.g_channels, self.g_fc_dim)
+            return dcgan_generator(in_dim, info.shape, self.g_channels)
         net = mlp_generator(in_dim, self.g_hidden_dims, info.num_dims)
         if info.is_image:
             return nn.Sequential(net, nn.Tanh(), nn.Unflatten(1, tuple(info.shape)))
@@ -193,8 +191,7 @@ class GAN(GenerativeModel):
         if self.arch == "dcgan":
             c = info.shape[0]
             return DCGANCritic(info.shape, self.d_channels, out_dim, in_channels=self.pack * (c + extra),
-                               spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std,
-                               fc_dim=self.d_fc_dim, batch_norm=self.d_batch_norm)
+                               spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
         return MLPCritic(self.pack * (info.num_dims + extra), self.d_hidden_dims, out_dim,
                          spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
 

@@ -40,8 +40,7 @@ class InfoGAN(GAN):
         self.info_weight = info_weight
         code_out = num_categorical * categorical_dim + continuous_dim
         features = self.discriminator.features
-        self.q_head = nn.Sequential(nn.Linear(features, 128), *([nn.BatchNorm1d(128)] if self.d_batch_norm else []),
-                                    nn.LeakyReLU(0.2), nn.Linear(128, self.pack * code_out))
+        self.q_head = nn.Sequential(nn.Linear(features, 128), nn.LeakyReLU(0.2), nn.Linear(128, self.pack * code_out))
 
     @property
     def code_dim(self) -> int:

@@ -87,18 +87,11 @@ class MLPCritic(nn.Module):
         return self.head(self.body(x))
 
 
-def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[int],
-                    fc_dim: int | None = None) -> nn.Sequential:
-    """z -> (C, H, W) in (-1, 1): [Linear to fc_dim, BN+ReLU], Linear to (c2, H/4, W/4), two ConvTranspose
-    4x4/2 stages with BN+ReLU, tanh. ``fc_dim`` adds the fully connected layer of InfoGAN's MNIST generator."""
+def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[int]) -> nn.Sequential:
+    """z -> (C, H, W) in (-1, 1): Linear to (c2, H/4, W/4), two ConvTranspose 4x4/2 stages with BN+ReLU, tanh."""
     c, h, w = shape
     c1, c2 = channels
-    head: list[nn.Module] = []
-    if fc_dim:
-        head = [nn.Linear(latent_dim, fc_dim, bias=False), nn.BatchNorm1d(fc_dim), nn.ReLU()]
-        latent_dim = fc_dim
     return nn.Sequential(
-        *head,
         nn.Linear(latent_dim, c2 * (h // 4) * (w // 4), bias=False),
         nn.Unflatten(1, (c2, h // 4, w // 4)), nn.BatchNorm2d(c2), nn.ReLU(),
         nn.ConvTranspose2d(c2, c1, 4, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
@@ -107,35 +100,24 @@ def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[in
 
 
 class DCGANCritic(nn.Module):
-    """(C_in, H, W) -> out_dim: two Conv 4x4/2 stages with LeakyReLU(0.2), [minibatch std channel], flatten,
-    [Linear to fc_dim, LeakyReLU], Linear.
-
-    No batch norm by default, so that it is safe with the gradient penalty (which needs per-sample
-    outputs) and packing; ``batch_norm`` puts it after the second convolution and the fully connected
-    layer, as in the DCGAN and InfoGAN discriminators. ``fc_dim`` adds InfoGAN's FC-1024 layer.
-    """
+    """(C_in, H, W) -> out_dim: two Conv 4x4/2 stages with LeakyReLU(0.2) (no batch norm, so it is safe
+    with the gradient penalty and packing), [minibatch std channel], flatten, Linear."""
 
     def __init__(self, shape: Sequence[int], channels: Sequence[int], out_dim: int = 1, in_channels: int | None = None,
-                 spectral_norm: bool = False, minibatch_std: bool = False, fc_dim: int | None = None,
-                 batch_norm: bool = False):
+                 spectral_norm: bool = False, minibatch_std: bool = False):
         super().__init__()
         c, h, w = shape
         c1, c2 = channels
         layers: list[nn.Module] = [
             maybe_sn(nn.Conv2d(in_channels or c, c1, 4, 2, 1), spectral_norm), nn.LeakyReLU(0.2),
-            maybe_sn(nn.Conv2d(c1, c2, 4, 2, 1), spectral_norm), *([nn.BatchNorm2d(c2)] if batch_norm else []),
-            nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(c1, c2, 4, 2, 1), spectral_norm), nn.LeakyReLU(0.2),
         ]
         if minibatch_std:
             layers.append(MinibatchStd())
             c2 += 1
         layers.append(nn.Flatten())
-        self.features = c2 * (h // 4) * (w // 4)
-        if fc_dim:
-            layers += [maybe_sn(nn.Linear(self.features, fc_dim), spectral_norm),
-                       *([nn.BatchNorm1d(fc_dim)] if batch_norm else []), nn.LeakyReLU(0.2)]
-            self.features = fc_dim
         self.body = nn.Sequential(*layers)
+        self.features = c2 * (h // 4) * (w // 4)
         self.head = maybe_sn(nn.Linear(self.features, out_dim), spectral_norm)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -47,9 +47,6 @@ class GANConfig(ModelConfig):
     d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
     g_channels: list[int] = field(default_factory=lambda: [64, 128])
     d_channels: list[int] = field(default_factory=lambda: [64, 128])
-    g_fc_dim: Optional[int] = None
-    d_fc_dim: Optional[int] = None
-    d_batch_norm: bool = False
     n_critic: int = 1
     clip: float = 0.01
     gp_weight: float = 10.0
@@ -71,11 +68,6 @@ class GANConfig(ModelConfig):
         _widths("model.d_hidden_dims", self.d_hidden_dims)
         _widths("model.g_channels", self.g_channels, 2)
         _widths("model.d_channels", self.d_channels, 2)
-        for key in ("g_fc_dim", "d_fc_dim"):
-            value = getattr(self, key)
-            require(value is None or value > 0, f"model.{key} must be > 0 or null, got {value}")
-        require(not (self.d_batch_norm and self.loss == "wgan_gp"),
-                "model.d_batch_norm: the gradient penalty needs D's output per sample; batch norm mixes the batch")
         require(self.n_critic >= 1, f"model.n_critic must be >= 1, got {self.n_critic}")
         require(self.clip > 0, f"model.clip must be > 0, got {self.clip}")
         require(self.gp_weight >= 0, f"model.gp_weight must be >= 0, got {self.gp_weight}")
