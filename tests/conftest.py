@@ -82,7 +82,6 @@ def train_losses(model, datamodule, max_steps: int) -> list[float]:
     return losses
 
 
-
 class SaveWeightsPerRank(pl.Callback):
     """Saves every rank's state dict (float32) to ``folder/rank<i>.pt`` when training ends, for DDP tests
     that compare the replicas. Module-level, so that ddp_spawn can pickle it."""

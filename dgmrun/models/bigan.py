@@ -103,9 +103,7 @@ class BiGAN(GAN):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """x (data space) -> E -> G (with the EMA generator), in data space."""
-        code = self.encode(self.to_model_space(x))
-        with self.ema_generator():
-            return self.to_data_space(self.generate(code).float())
+        return self.samples_from_latent(self.encode(self.to_model_space(x)))
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:

@@ -382,7 +382,9 @@ class GAN(GenerativeModel):
         return self._sample(n, generator, None)
 
     def _sample(self, n: int, generator: torch.Generator | None, classes: Sequence[int] | None) -> Tensor:
-        z = self.sample_latent(n, generator)
-        y = self.sample_labels(n, generator, classes)
+        return self.samples_from_latent(self.sample_latent(n, generator), self.sample_labels(n, generator, classes))
+
+    def samples_from_latent(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Data-space samples of the EMA generator for latents ``z`` (and labels ``y``)."""
         with self.ema_generator():
             return self.to_data_space(self.generate(z, y).float())

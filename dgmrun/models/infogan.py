@@ -110,9 +110,7 @@ class InfoGAN(GAN):
         if self.num_categorical:
             values = torch.arange(n, device=self.device) % self.categorical_dim
             cat[:, 0] = values
-        with self.ema_generator():
-            samples = self.to_data_space(self.generator(self.latent(z, cat, cont)).float())
-        return samples, values
+        return self.samples_from_latent(self.latent(z, cat, cont)), values
 
     # ------------------------------------------------------------------ figures
     @torch.no_grad()
@@ -133,8 +131,7 @@ class InfoGAN(GAN):
             v = cont.clone()
             v[:, j] = torch.linspace(-2, 2, cols, device=self.device)[column]
             grids[f"traversal_continuous{j}"] = self.latent(z, cat, v)
-        with self.ema_generator():
-            return {name: self.to_data_space(self.generator(latent).float()) for name, latent in grids.items()}
+        return {name: self.samples_from_latent(latent) for name, latent in grids.items()}
 
     def figures(self, x: Tensor) -> dict[str, Tensor]:
         return self.traversals() if self.data_info.is_image else {}
