@@ -104,6 +104,13 @@ def test_minibatch_std_feature():
     assert MinibatchStd()(torch.rand(4, 3, 5, 5)).shape == (4, 4, 5, 5)
 
 
+@pytest.mark.parametrize("noise,variance", [("normal", 1.0), ("uniform", 1 / 3)])
+def test_noise_distribution(noise, variance):
+    z = GAN(TOY, noise=noise, latent_dim=8).sample_latent(20_000, torch.Generator().manual_seed(0))
+    assert z.mean().item() == pytest.approx(0.0, abs=0.01) and z.var().item() == pytest.approx(variance, rel=0.02)
+    assert (z.abs().max() <= 1) == (noise == "uniform")
+
+
 # ------------------------------------------------------------------------------------ EMA
 def test_ema_average_and_swap_restore_around_sampling():
     model = GAN(TOY, ema_decay=0.5)
@@ -292,10 +299,14 @@ def test_schema_refuses_bad_values(cfg_factory):
     for bad, message in [("model.loss=wgan_xx", "model.loss"), ("model.pack=0", "model.pack"),
                          ("model.ema_decay=1.5", "model.ema_decay"), ("model.arch=dcgan", "needs images"),
                          ("model.optimizer_d.name=adagrad", "model.optimizer_d.name"),
-                         ("model.optimizer_g.lr=0", "model.optimizer_g.lr")]:
+                         ("model.optimizer_g.lr=0", "model.optimizer_g.lr"),
+                         ("model.noise=gaussian", "model.noise"), ("model.fc_dim=0", "model.fc_dim")]:
         cfg = cfg_factory("model=gan", "data=toy2d", bad)
         with pytest.raises(DgmrunError, match=message):
             validate(cfg)
+    cfg = cfg_factory("model=dcgan", "data=mnist", "model.loss=wgan_gp", "model.d_batch_norm=true")
+    with pytest.raises(DgmrunError, match="does not go with model.loss=wgan_gp"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize("preset,key,value", [("dcgan", "arch", "dcgan"), ("wgan_gp", "n_critic", 5),

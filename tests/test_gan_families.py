@@ -115,6 +115,20 @@ def test_infogan_info_loss_and_traversal_grids():
         check_images(grid, 64, IMG["shape"])
 
 
+def test_infogan_paper_networks_fc_layers_and_batch_norm():
+    model = InfoGAN(IMG, pack=1, fc_dim=32, d_batch_norm=True, **SMALL_CONV)
+    g_first, d_fc = model.generator[0], model.discriminator.body[-3]
+    assert (g_first.in_features, g_first.out_features) == (4 + 10 + 2, 32)  # z, one-hot code, 2 continuous
+    assert isinstance(d_fc, torch.nn.Linear) and d_fc.out_features == 32 == model.q_head[0].in_features
+    batch_norms = [m for m in (*model.discriminator.modules(), *model.q_head.modules())
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(batch_norms) == 3  # D's second convolution, D's FC layer, Q's hidden layer
+    fit(model, IMG)
+    assert batch_norms[0].num_batches_tracked > 0
+    model.eval()
+    check_images(model.sample(4, torch.Generator().manual_seed(0)), 4, IMG["shape"])
+
+
 def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
     model = InfoGAN(TOY, num_categorical=1, categorical_dim=4, continuous_dim=1, pack=1, **SMALL_MLP)
     latent = model.sample_latent(6)
@@ -247,7 +261,8 @@ def test_gmmn_generator_gets_closer_in_mmd():
 
 # ------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("model,data", [("cgan", "toy2d"), ("acgan", "mnist"), ("infogan", "mnist"),
-                                        ("ebgan", "toy2d"), ("bigan", "mnist"), ("gmmn", "toy2d")])
+                                        ("infogan", "toy2d"), ("ebgan", "toy2d"), ("bigan", "mnist"),
+                                        ("gmmn", "toy2d")])
 def test_family_configs_validate(cfg_factory, model, data):
     from dgmrun.schema import validate
 
@@ -269,7 +284,8 @@ def test_family_configs_refuse_bad_values(cfg_factory):
 # ------------------------------------------------------------------------------------ DDP and bf16
 @pytest.mark.parametrize("make", [
     lambda: CGAN(IMG, pack=2, **SMALL_CONV), lambda: ACGAN(TOY, pack=2, **SMALL_MLP),
-    lambda: InfoGAN(IMG, categorical_dim=3, pack=2, **SMALL_CONV), lambda: EBGAN(TOY, **SMALL_MLP),
+    lambda: InfoGAN(IMG, categorical_dim=3, pack=2, fc_dim=8, d_batch_norm=True, **SMALL_CONV),
+    lambda: EBGAN(TOY, **SMALL_MLP),
     lambda: BiGAN(IMG, pack=2, **SMALL_CONV), lambda: GMMN(IMG, space="code", hidden_dims=[16], ae_hidden_dims=[16]),
 ], ids=["cgan", "acgan", "infogan", "ebgan", "bigan", "gmmn"])
 def test_family_trains_under_ddp_with_bf16(make, tmp_path):

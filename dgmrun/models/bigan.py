@@ -1,7 +1,7 @@
 """BiGAN / ALI (Donahue et al. 2017; Dumoulin et al. 2017): a GAN that also learns an encoder.
 
 An encoder E maps x to z (deterministically, as in BiGAN) and the discriminator judges *pairs*:
-real pairs (x, E(x)) with x from the data against generated pairs (G(z), z) with z ~ N(0, I). The
+real pairs (x, E(x)) with x from the data against generated pairs (G(z), z) with z ~ N(0, I) (``noise``). The
 game (ALI eq. 3) is  min_{G,E} max_D  E_x[log D(x, E(x))] + E_z[log(1 - D(G(z), z))]; at its optimum
 the two joint distributions match, so E inverts G. D minimises the chosen ``loss`` on
 (real pairs, generated pairs); G and E together minimise the same loss with the roles of the two

@@ -1,8 +1,9 @@
 """Generative adversarial networks (Goodfellow et al. 2014) with the usual losses and remedies.
 
-A generator G maps z ~ N(0, I) to data; a discriminator (critic) D scores data. The players
-alternate: ``n_critic`` updates of D, then one of G. The losses, written on D's raw outputs
-(logits) r = D(x) for real data and f = D(G(z)) for generated data, sigma the logistic function:
+A generator G maps noise z ~ N(0, I) (or U(-1, 1), ``noise=uniform``) to data; a discriminator
+(critic) D scores data. The players alternate: ``n_critic`` updates of D, then one of G. The losses,
+written on D's raw outputs (logits) r = D(x) for real data and f = D(G(z)) for generated data, sigma
+the logistic function:
 
 =========  ============================================  ==========================================
 loss       d_loss(r, f)                                  g_loss(f)
@@ -141,9 +142,11 @@ def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor
 
 
 class GAN(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, arch: str = "auto",
+    def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, noise: str = "normal",
+                 arch: str = "auto",
                  g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (256, 256, 256),
-                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128), n_critic: int = 1,
+                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128),
+                 fc_dim: int | None = None, d_batch_norm: bool = False, n_critic: int = 1,
                  clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = True,
                  pack: int = 2, ema_decay: float | None = 0.99, optimizer_g: dict[str, Any] | None = None,
                  optimizer_d: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
@@ -153,7 +156,7 @@ class GAN(GenerativeModel):
         if loss not in LOSSES:
             raise DgmrunError(f"model.loss={loss!r} is not one of: {', '.join(LOSSES)}")
         self.loss_name, self.d_loss_fn, self.g_loss_fn = loss, *LOSSES[loss]
-        self.latent_dim, self.n_critic, self.pack = latent_dim, n_critic, pack
+        self.latent_dim, self.noise, self.n_critic, self.pack = latent_dim, noise, n_critic, pack
         self.clip, self.gp_weight = clip, gp_weight
         self.g_hidden_dims, self.d_hidden_dims = list(g_hidden_dims), list(d_hidden_dims)
         self.g_channels, self.d_channels = list(g_channels), list(d_channels)
@@ -161,6 +164,7 @@ class GAN(GenerativeModel):
         self.optimizer_g_settings = dict(optimizer_g or {"lr": 1e-3, "betas": (0.5, 0.999)})
         self.optimizer_d_settings = dict(optimizer_d or {"lr": 1e-3, "betas": (0.5, 0.999)})
         self.arch = resolve_gan_arch(arch, self.data_info)
+        self.fc_dim, self.d_batch_norm = fc_dim, d_batch_norm and self.arch == "dcgan"  # DCGAN players only
         self.generator = self.build_generator(self.generator_input_dim())
         self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
         self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
@@ -180,7 +184,7 @@ class GAN(GenerativeModel):
     def build_generator(self, in_dim: int) -> nn.Module:
         info = self.data_info
         if self.arch == "dcgan":
-            return dcgan_generator(in_dim, info.shape, self.g_channels)
+            return dcgan_generator(in_dim, info.shape, self.g_channels, self.fc_dim)
         net = mlp_generator(in_dim, self.g_hidden_dims, info.num_dims)
         if info.is_image:
             return nn.Sequential(net, nn.Tanh(), nn.Unflatten(1, tuple(info.shape)))
@@ -191,7 +195,8 @@ class GAN(GenerativeModel):
         if self.arch == "dcgan":
             c = info.shape[0]
             return DCGANCritic(info.shape, self.d_channels, out_dim, in_channels=self.pack * (c + extra),
-                               spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
+                               spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std,
+                               fc_dim=self.fc_dim, batch_norm=self.d_batch_norm)
         return MLPCritic(self.pack * (info.num_dims + extra), self.d_hidden_dims, out_dim,
                          spectral_norm=self.spectral_norm, minibatch_std=self.minibatch_std)
 
@@ -203,8 +208,14 @@ class GAN(GenerativeModel):
     def to_data_space(self, x: Tensor) -> Tensor:
         return ((x + 1) / 2).clamp(0, 1) if self.data_info.is_image else x
 
-    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n × latent_dim noise: N(0, I), or U(-1, 1) per coordinate for ``noise=uniform``."""
+        if self.noise == "uniform":
+            return torch.rand(n, self.latent_dim, generator=generator, device=self.device) * 2 - 1
         return torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.draw_noise(n, generator)
 
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """G(z) in model space."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.models.gan import GAN
-from dgmrun.nets.gan_blocks import pack_samples
+from dgmrun.nets.gan_blocks import maybe_bn, pack_samples
 
 
 class InfoGAN(GAN):
@@ -40,7 +40,8 @@ class InfoGAN(GAN):
         self.info_weight = info_weight
         code_out = num_categorical * categorical_dim + continuous_dim
         features = self.discriminator.features
-        self.q_head = nn.Sequential(nn.Linear(features, 128), nn.LeakyReLU(0.2), nn.Linear(128, self.pack * code_out))
+        self.q_head = nn.Sequential(nn.Linear(features, 128), *maybe_bn(128, self.d_batch_norm), nn.LeakyReLU(0.2),
+                                    nn.Linear(128, self.pack * code_out))
 
     @property
     def code_dim(self) -> int:
@@ -62,7 +63,7 @@ class InfoGAN(GAN):
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """G's input for fresh z and codes."""
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        z = self.draw_noise(n, generator)
         return self.latent(z, *self.sample_codes(n, generator))
 
     def info_loss(self, fake: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,7 +105,7 @@ class InfoGAN(GAN):
         """``n`` samples (data space, EMA generator) whose first categorical code takes its values in turn
         (sample i: value i mod categorical_dim), and those values (None without categorical codes). The
         evaluation scores how well the code picks the class (``test/code_accuracy``)."""
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        z = self.draw_noise(n, generator)
         cat, cont = self.sample_codes(n, generator)
         values = None
         if self.num_categorical:
@@ -118,7 +119,7 @@ class InfoGAN(GAN):
         """One grid per code: ``rows`` rows (one z and other codes each) × 8 columns (values of the code)."""
         generator = generator or torch.Generator(self.device).manual_seed(0)
         cols = 8
-        z = torch.randn(rows, self.latent_dim, generator=generator, device=self.device).repeat_interleave(cols, 0)
+        z = self.draw_noise(rows, generator).repeat_interleave(cols, 0)
         cat, cont = self.sample_codes(rows, generator)
         cat, cont = cat.repeat_interleave(cols, 0), torch.zeros_like(cont).repeat_interleave(cols, 0)
         column = torch.arange(rows * cols, device=self.device) % cols

@@ -4,6 +4,8 @@ spectral norm.
 - DCGAN (Radford et al. 2016, arXiv:1511.06434): the generator upsamples with 4x4 stride-2
   transposed convolutions, batch norm and ReLU, tanh output; the discriminator downsamples with
   4x4 stride-2 convolutions and LeakyReLU(0.2). Here: two stages, so image sides must be divisible by 4.
+  InfoGAN's MNIST networks (Chen et al. 2016, appendix C.1) add a fully connected layer of 1024 units
+  after G's input and before D's output, and batch norm in D (``fc_dim``, ``batch_norm``).
 - Spectral normalisation (Miyato et al. 2018, arXiv:1802.05957): every weight divided by its largest
   singular value (one power iteration per forward), making D roughly 1-Lipschitz.
 - Minibatch standard deviation (Karras et al. 2018, arXiv:1710.10196, sec. 3): the mean over features
@@ -23,6 +25,13 @@ from torch import Tensor, nn
 
 def maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+
+def maybe_bn(features: int, batch_norm: bool, dims: int = 1) -> list[nn.Module]:
+    """[BatchNorm1d/2d(features)] when ``batch_norm``, else []: to splice into a layer list."""
+    if not batch_norm:
+        return []
+    return [nn.BatchNorm2d(features) if dims == 2 else nn.BatchNorm1d(features)]
 
 
 def pack_samples(x: Tensor, pack: int) -> Tensor:
@@ -87,11 +96,18 @@ class MLPCritic(nn.Module):
         return self.head(self.body(x))
 
 
-def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[int]) -> nn.Sequential:
-    """z -> (C, H, W) in (-1, 1): Linear to (c2, H/4, W/4), two ConvTranspose 4x4/2 stages with BN+ReLU, tanh."""
+def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[int],
+                    fc_dim: int | None = None) -> nn.Sequential:
+    """z -> (C, H, W) in (-1, 1): [Linear to ``fc_dim``, BN+ReLU (InfoGAN's G)], Linear to (c2, H/4, W/4),
+    two ConvTranspose 4x4/2 stages with BN+ReLU, tanh."""
     c, h, w = shape
     c1, c2 = channels
+    head: list[nn.Module] = []
+    if fc_dim:
+        head = [nn.Linear(latent_dim, fc_dim, bias=False), nn.BatchNorm1d(fc_dim), nn.ReLU()]
+        latent_dim = fc_dim
     return nn.Sequential(
+        *head,
         nn.Linear(latent_dim, c2 * (h // 4) * (w // 4), bias=False),
         nn.Unflatten(1, (c2, h // 4, w // 4)), nn.BatchNorm2d(c2), nn.ReLU(),
         nn.ConvTranspose2d(c2, c1, 4, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
@@ -100,24 +116,30 @@ def dcgan_generator(latent_dim: int, shape: Sequence[int], channels: Sequence[in
 
 
 class DCGANCritic(nn.Module):
-    """(C_in, H, W) -> out_dim: two Conv 4x4/2 stages with LeakyReLU(0.2) (no batch norm, so it is safe
-    with the gradient penalty and packing), [minibatch std channel], flatten, Linear."""
+    """(C_in, H, W) -> out_dim: two Conv 4x4/2 stages with LeakyReLU(0.2), [minibatch std channel], flatten,
+    [Linear to ``fc_dim`` + LeakyReLU], Linear. ``batch_norm`` normalises the second stage and the FC layer
+    (InfoGAN's D); off by default, which keeps D safe with the gradient penalty."""
 
     def __init__(self, shape: Sequence[int], channels: Sequence[int], out_dim: int = 1, in_channels: int | None = None,
-                 spectral_norm: bool = False, minibatch_std: bool = False):
+                 spectral_norm: bool = False, minibatch_std: bool = False, fc_dim: int | None = None,
+                 batch_norm: bool = False):
         super().__init__()
         c, h, w = shape
         c1, c2 = channels
         layers: list[nn.Module] = [
             maybe_sn(nn.Conv2d(in_channels or c, c1, 4, 2, 1), spectral_norm), nn.LeakyReLU(0.2),
-            maybe_sn(nn.Conv2d(c1, c2, 4, 2, 1), spectral_norm), nn.LeakyReLU(0.2),
+            maybe_sn(nn.Conv2d(c1, c2, 4, 2, 1), spectral_norm), *maybe_bn(c2, batch_norm, 2), nn.LeakyReLU(0.2),
         ]
         if minibatch_std:
             layers.append(MinibatchStd())
             c2 += 1
         layers.append(nn.Flatten())
-        self.body = nn.Sequential(*layers)
         self.features = c2 * (h // 4) * (w // 4)
+        if fc_dim:
+            layers += [maybe_sn(nn.Linear(self.features, fc_dim), spectral_norm), *maybe_bn(fc_dim, batch_norm),
+                       nn.LeakyReLU(0.2)]
+            self.features = fc_dim
+        self.body = nn.Sequential(*layers)
         self.head = maybe_sn(nn.Linear(self.features, out_dim), spectral_norm)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from dgmrun.schema.base import (
 
 GAN_ARCHS = ("auto", "mlp", "dcgan")
 GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
+GAN_NOISES = ("normal", "uniform")
 
 
 def resolve_gan_arch(arch: str, info: DataInfo) -> str:
@@ -42,11 +43,14 @@ class GANConfig(ModelConfig):
     optimizer: Optional[OptimizerConfig] = None  # unused: a GAN has one optimizer per player
     loss: str = "ns"
     latent_dim: int = 16
+    noise: str = "normal"
     arch: str = "auto"
     g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
     d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
     g_channels: list[int] = field(default_factory=lambda: [64, 128])
     d_channels: list[int] = field(default_factory=lambda: [64, 128])
+    fc_dim: Optional[int] = None
+    d_batch_norm: bool = False
     n_critic: int = 1
     clip: float = 0.01
     gp_weight: float = 10.0
@@ -63,11 +67,16 @@ class GANConfig(ModelConfig):
         check_scheduler(self.scheduler)
         one_of("model.loss", self.loss, GAN_LOSSES)
         one_of("model.arch", self.arch, GAN_ARCHS)
+        one_of("model.noise", self.noise, GAN_NOISES)
         require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
         _widths("model.g_hidden_dims", self.g_hidden_dims)
         _widths("model.d_hidden_dims", self.d_hidden_dims)
         _widths("model.g_channels", self.g_channels, 2)
         _widths("model.d_channels", self.d_channels, 2)
+        require(self.fc_dim is None or self.fc_dim > 0, f"model.fc_dim must be > 0 or null, got {self.fc_dim}")
+        require(not (self.d_batch_norm and self.loss == "wgan_gp"),
+                 "model.d_batch_norm=true does not go with model.loss=wgan_gp: batch norm mixes the samples "
+                 "whose gradients the penalty takes one by one")
         require(self.n_critic >= 1, f"model.n_critic must be >= 1, got {self.n_critic}")
         require(self.clip > 0, f"model.clip must be > 0, got {self.clip}")
         require(self.gp_weight >= 0, f"model.gp_weight must be >= 0, got {self.gp_weight}")
@@ -174,6 +183,7 @@ class EBGANConfig(GANConfig):
     def check(self) -> None:
         super().check()
         require(self.pack == 1, f"model.pack must be 1 for EBGAN, got {self.pack}")
+        require(not self.d_batch_norm, "model.d_batch_norm is not an option of EBGAN's autoencoder discriminator")
         require(self.margin > 0, f"model.margin must be > 0, got {self.margin}")
         require(self.pt_weight >= 0, f"model.pt_weight must be >= 0, got {self.pt_weight}")
         require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
