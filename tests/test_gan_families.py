@@ -119,6 +119,8 @@ def test_infogan_paper_networks_fc_layers_and_batch_norm():
     model = InfoGAN(IMG, pack=1, fc_dim=32, d_batch_norm=True, **SMALL_CONV)
     g_first, d_fc = model.generator[0], model.discriminator.body[-3]
     assert (g_first.in_features, g_first.out_features) == (4 + 10 + 2, 32)  # z, one-hot code, 2 continuous
+    # batch norm over each of the projection's 8 x 4 x 4 features, as in the paper (per channel, G collapsed)
+    assert isinstance(model.generator[4], torch.nn.BatchNorm1d) and model.generator[4].num_features == 8 * 4 * 4
     assert isinstance(d_fc, torch.nn.Linear) and d_fc.out_features == 32 == model.q_head[0].in_features
     batch_norms = [m for m in (*model.discriminator.modules(), *model.q_head.modules())
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
