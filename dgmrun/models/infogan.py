@@ -12,7 +12,8 @@ predicts the codes of every sample of a pack.
 The preset (``conf/model/infogan.yaml``) is the paper's MNIST recipe: U(-1, 1) noise, FC-1024 layers
 in G and D, batch norm in D and Q (``noise``, ``fc_dim``, ``d_batch_norm``). With DCGAN's players and
 Gaussian noise, Q still read the codes, but G spread the digit over z and the codes (a code value meant
-a different digit for each z); each of the two changes alone helped less than both together.
+a different digit for each z). The networks do most of it: code accuracy on mnist-small after 20
+epochs, 0.81 with both changes, 0.74 with the networks alone, 0.39 with the uniform noise alone.
 
 ``figures`` gives one latent traversal grid per code, 8 rows × 8 columns: every row keeps one z
 and the other codes fixed (continuous ones at 0); across a row, a categorical code takes its
