@@ -140,7 +140,7 @@ def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
             return torch.cat([codes[:, :4] * 50, codes[:, 4:]], 1)
 
     model.q_head = ExactQ()
-    loss, bound = model.info_loss(torch.randn(6, 2), latent)
+    loss, bound = model.info_loss(torch.randn(6, 16), latent)  # D's body features (ExactQ ignores them)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     assert bound.item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-6)
 

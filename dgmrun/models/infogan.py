@@ -72,17 +72,22 @@ class InfoGAN(GAN):
         z = self.draw_noise(n, generator)
         return self.latent(z, *self.sample_codes(n, generator))
 
-    def info_loss(self, fake: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
-        """(L_I, lower bound H(c) - L_I) for generated samples and the latents they came from."""
-        h = self.discriminator.body(pack_samples(fake, self.pack))
-        q = self.q_head(h).float().reshape(len(fake), self.code_dim)
+    def info_loss(self, features: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_I, lower bound H(c) - L_I) from D's body ``features`` of generated samples (packed) and the
+        latents they came from."""
+        q = self.q_head(features).float().reshape(len(latent), self.code_dim)
         k, m = self.categorical_dim, self.num_categorical
         codes = latent[:, self.latent_dim:]
         cat_target = codes[:, : m * k].reshape(-1, m, k).argmax(-1)
-        ce = F.cross_entropy(q[:, : m * k].reshape(-1, k), cat_target.reshape(-1), reduction="sum") / len(fake)
+        ce = F.cross_entropy(q[:, : m * k].reshape(-1, k), cat_target.reshape(-1), reduction="sum") / len(latent)
         mse = 0.5 * ((q[:, m * k:] - codes[:, m * k:]) ** 2).sum(1).mean()
         loss = ce + mse
         return loss, (m * math.log(k) - loss).detach()
+
+    def judge_fakes(self, fake: Tensor, latent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """D's logits, L_I and its bound for generated samples: one pass of D's body feeds both heads."""
+        features = self.discriminator.body(pack_samples(fake, self.pack))
+        return self.discriminator.head(features).float(), *self.info_loss(features, latent)
 
     # ------------------------------------------------------------------ the players
     def d_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -90,9 +95,8 @@ class InfoGAN(GAN):
         fake = self.generator(latent)
         if self._single_process:
             fake = fake.detach()
-        real_logits, fake_logits = self.critic(x).float(), self.critic(fake).float()
-        adversarial = self.d_loss_fn(real_logits, fake_logits)
-        info, bound = self.info_loss(fake, latent)
+        fake_logits, info, bound = self.judge_fakes(fake, latent)
+        adversarial = self.d_loss_fn(self.critic(x).float(), fake_logits)
         loss = adversarial + self.info_weight * info
         logs = {"d_adversarial": adversarial.detach(), "info_loss": info.detach(), "mi_lower_bound": bound}
         return self.with_gradient_penalty(loss, logs, self.critic, x, fake), logs
@@ -100,8 +104,8 @@ class InfoGAN(GAN):
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         latent = self.sample_latent(len(x))
         fake = self.generator(latent)
-        info, _ = self.info_loss(fake, latent)
-        return self.g_loss_fn(self.critic(fake).float()) + self.info_weight * info, {"g_info_loss": info.detach()}
+        fake_logits, info, _ = self.judge_fakes(fake, latent)
+        return self.g_loss_fn(fake_logits) + self.info_weight * info, {"g_info_loss": info.detach()}
 
     def d_parameters(self) -> list[nn.Parameter]:
         return super().d_parameters() + list(self.q_head.parameters())
