@@ -51,8 +51,13 @@ def test_relative_roots_become_absolute(cfg_factory, tmp_path, monkeypatch):
     assert cfg.data.root == str(tmp_path / "some" / "where")
 
 
+NEEDS_MNIST_SMALL = pytest.mark.skipif(not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists(),
+                                       reason=f"real MNIST digits not found at {MNIST_SMALL} (see ../shared/data/README.md)")
+
+
 @pytest.mark.parametrize("overrides", [["data=digits"], ["data=digits", "data.binarize=none"],
-                                       ["data=toy2d", "data.num_train=500"], ["data=mnist", f"data.root={MNIST_SMALL}"]])
+                                       ["data=toy2d", "data.num_train=500"],
+                                       pytest.param(["data=mnist", f"data.root={MNIST_SMALL}"], marks=NEEDS_MNIST_SMALL)])
 def test_static_data_description_matches_the_loader(cfg_factory, overrides):
     cfg = cfg_factory(*overrides)
     validate(cfg)
