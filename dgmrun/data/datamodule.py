@@ -403,7 +403,7 @@ class MNISTLike(FileImageDataModule):
 
 
 class CIFAR10(FileImageDataModule):
-    """CIFAR-10 from the official python batches: 3×32×32, 10 classes."""
+    """CIFAR-10 from the official binary or python batches (``readers.read_cifar10``): 3×32×32, 10 classes."""
 
     def _read(self) -> dict[str, Batch]:
         return readers.read_cifar10(self.root)
