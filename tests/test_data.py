@@ -567,6 +567,41 @@ def test_image_folder_empty_names_folder_and_extensions(tmp_path: Path) -> None:
     assert str(tmp_path) in str(err.value) and ".png" in str(err.value) and ".jpeg" in str(err.value)
 
 
+def _folder_with_unreadable_image(root: Path) -> Path:
+    for i in range(6):
+        _stripes(root / f"{i}.png", 12, 12)
+    bad = root / "3.png"
+    bad.write_bytes(b"not a PNG: the download was cut short")
+    return bad
+
+
+def test_image_folder_unreadable_image_same_message_with_workers(tmp_path: Path) -> None:
+    bad = _folder_with_unreadable_image(tmp_path)
+    messages = []
+    for workers in (0, 2):
+        dm = ImageFolder(root=str(tmp_path), image_size=8, val_fraction=0.0, test_fraction=0.0, batch_size=6,
+                         num_workers=workers)
+        for read in (lambda: next(iter(dm.train_dataloader())), lambda: dm.split_tensors("train")):
+            with pytest.raises(DgmrunError) as err:
+                read()
+            messages.append(str(err.value))
+    assert messages[0].startswith(f"cannot read image {bad}: ") and "\n" not in messages[0]
+    assert messages == [messages[0]] * 4  # a worker's error reads as the error itself, not its traceback
+
+
+@pytest.mark.slow
+def test_cli_unreadable_image_same_one_line_with_and_without_workers(tmp_path: Path) -> None:
+    bad = _folder_with_unreadable_image(tmp_path / "images")
+    errors = []
+    for workers in (0, 2):
+        out = run_dgmrun("data=image_folder", f"data.root={tmp_path / 'images'}", "data.image_size=8",
+                         "data.batch_size=8", f"data.num_workers={workers}", "trainer=debug", cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
+        errors.append([line for line in out.stderr.splitlines() if "error" in line.lower()])
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    assert errors[0][0].startswith(f"dgmrun: error: cannot read image {bad}: ")
+
+
 # ------------------------------------------------------------------------------------------ digits
 def test_digits_grid_and_levels() -> None:
     dm = Digits(binarize="none")
