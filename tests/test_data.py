@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import pickletools
 import shutil
 import subprocess
 import sys
@@ -26,9 +28,9 @@ from dgmrun.data.datamodule import (
 )
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
+from tests.conftest import run_dgmrun
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_SMALL = REPO.parent / "shared" / "data" / "mnist-small"
 TRAIN_COUNTS = [773, 905, 834, 803, 788, 723, 756, 813, 787, 818]
 T10K_COUNTS = [207, 230, 198, 207, 194, 169, 202, 215, 187, 191]
 MNIST_NAMES = [
@@ -37,8 +39,6 @@ MNIST_NAMES = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ]
-
-needs_mnist = pytest.mark.skipif(not MNIST_SMALL.is_dir(), reason="shared/data/mnist-small is not there")
 
 
 def fake_trainer(epoch: int = 0, rank: int = 0, world_size: int = 1) -> SimpleNamespace:
@@ -51,8 +51,8 @@ def fake_trainer(epoch: int = 0, rank: int = 0, world_size: int = 1) -> SimpleNa
     )
 
 
-def mnist(**kwargs) -> MNISTLike:
-    return MNISTLike(name="mnist", root=str(MNIST_SMALL), **kwargs)
+def mnist(root: Path, **kwargs) -> MNISTLike:
+    return MNISTLike(name="mnist", root=str(root), **kwargs)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
@@ -62,9 +62,8 @@ def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------------------- IDX
-@needs_mnist
-def test_mnist_small_class_counts() -> None:
-    splits = readers.read_mnist_like("mnist", MNIST_SMALL)
+def test_mnist_small_class_counts(mnist_small: Path) -> None:
+    splits = readers.read_mnist_like("mnist", mnist_small)
     x, y = splits["train"]
     assert x.shape == (8000, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert torch.bincount(y).tolist() == TRAIN_COUNTS
@@ -74,11 +73,10 @@ def test_mnist_small_class_counts() -> None:
     assert x.max() == 255 and x.min() == 0
 
 
-@needs_mnist
-def test_gz_and_uncompressed_idx_are_identical(tmp_path: Path) -> None:
+def test_gz_and_uncompressed_idx_are_identical(mnist_small: Path, tmp_path: Path) -> None:
     for name in MNIST_NAMES:
-        (tmp_path / name).write_bytes(gzip.decompress((MNIST_SMALL / f"{name}.gz").read_bytes()))
-    plain, packed = readers.read_mnist_like("mnist", tmp_path), readers.read_mnist_like("mnist", MNIST_SMALL)
+        (tmp_path / name).write_bytes(gzip.decompress((mnist_small / f"{name}.gz").read_bytes()))
+    plain, packed = readers.read_mnist_like("mnist", tmp_path), readers.read_mnist_like("mnist", mnist_small)
     for split in ("train", "test"):
         assert torch.equal(plain[split][0], packed[split][0])
         assert torch.equal(plain[split][1], packed[split][1])
@@ -101,10 +99,9 @@ def test_missing_mnist_files_name_every_path(tmp_path: Path, name: str, source: 
     assert source in msg and "data.root=PATH" in msg and "\n" not in msg
 
 
-@needs_mnist
-def test_missing_one_file_names_only_it(tmp_path: Path) -> None:
+def test_missing_one_file_names_only_it(mnist_small: Path, tmp_path: Path) -> None:
     for name in MNIST_NAMES[1:]:
-        shutil.copy(MNIST_SMALL / f"{name}.gz", tmp_path)
+        shutil.copy(mnist_small / f"{name}.gz", tmp_path)
     with pytest.raises(DgmrunError, match="1 of 4 files") as err:
         readers.read_mnist_like("mnist", tmp_path)
     assert str(tmp_path / MNIST_NAMES[0]) in str(err.value)
@@ -118,9 +115,8 @@ def test_relative_root_resolves_against_cwd(tmp_path: Path, monkeypatch: pytest.
         MNISTLike(name="fmnist", root="data")
 
 
-@needs_mnist
-def test_truncated_gzip_is_a_dgmrun_error(tmp_path: Path) -> None:
-    data = (MNIST_SMALL / "train-labels-idx1-ubyte.gz").read_bytes()
+def test_truncated_gzip_is_a_dgmrun_error(mnist_small: Path, tmp_path: Path) -> None:
+    data = (mnist_small / "train-labels-idx1-ubyte.gz").read_bytes()
     bad = tmp_path / "train-labels-idx1-ubyte.gz"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(DgmrunError, match="truncated or corrupt gzip") as err:
@@ -147,9 +143,8 @@ def test_wrong_magic_and_wrong_size_are_dgmrun_errors(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ binarization
-@needs_mnist
-def test_static_binarization_is_fixed_per_seed() -> None:
-    a, b, other = mnist(binarize="static", seed=3), mnist(binarize="static", seed=3), mnist(binarize="static", seed=4)
+def test_static_binarization_is_fixed_per_seed(mnist_small: Path) -> None:
+    a, b, other = (mnist(mnist_small, binarize="static", seed=seed) for seed in (3, 3, 4))
     assert a.info == DataInfo("mnist", (1, 28, 28), 10, 2)
     for split in ("train", "val", "test"):
         xa, xb = a.split_tensors(split)[0], b.split_tensors(split)[0]
@@ -168,9 +163,8 @@ def _binarized_by_index(dm: MNISTLike, epoch: int) -> dict[int, torch.Tensor]:
     return {int(i): x for idx, (xb, _) in zip(indices, batches) for i, x in zip(idx, xb)}
 
 
-@needs_mnist
-def test_dynamic_binarization_per_epoch_and_fixed_eval_across_seeds() -> None:
-    dm = mnist(binarize="dynamic", seed=0, batch_size=500)
+def test_dynamic_binarization_per_epoch_and_fixed_eval_across_seeds(mnist_small: Path) -> None:
+    dm = mnist(mnist_small, binarize="dynamic", seed=0, batch_size=500)
     grey = dm.split_tensors("train")[0]
     assert grey.unique().numel() > 2  # the Bernoulli means
     epoch0, epoch0_again, epoch1 = (_binarized_by_index(dm, e) for e in (0, 0, 1))
@@ -183,7 +177,7 @@ def test_dynamic_binarization_per_epoch_and_fixed_eval_across_seeds() -> None:
     g = grey[common]
     assert torch.all(x0[g == 0] == 0) and torch.all(x0[g == 1] == 1)
 
-    other = mnist(binarize="dynamic", seed=1)
+    other = mnist(mnist_small, binarize="dynamic", seed=1)
     assert torch.equal(dm.split_tensors("test")[0], other.split_tensors("test")[0])
     assert set(dm.split_tensors("val")[0].unique().tolist()) == {0.0, 1.0}
     # Validation images differ between seeds, but an image in both sets has the same binarization.
@@ -214,9 +208,8 @@ def test_digits_splits_deterministic_disjoint_covering() -> None:
     assert torch.equal(a.split_indices["test"], c.split_indices["test"])
 
 
-@needs_mnist
-def test_mnist_val_carved_from_train() -> None:
-    a, c = mnist(seed=0, val_fraction=0.1), mnist(seed=1, val_fraction=0.1)
+def test_mnist_val_carved_from_train(mnist_small: Path) -> None:
+    a, c = mnist(mnist_small, seed=0, val_fraction=0.1), mnist(mnist_small, seed=1, val_fraction=0.1)
     a.load(), c.load()
     _check_partition({k: a.split_indices[k] for k in ("train", "val")}, 8000)
     assert len(a.split_indices["val"]) == 800
@@ -225,7 +218,7 @@ def test_mnist_val_carved_from_train() -> None:
     x, y = a.split_tensors("val")
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and y.dtype == torch.int64
     # Labels stay with their images: the val labels are the pool's labels at the val indices.
-    pool_y = readers.read_mnist_like("mnist", MNIST_SMALL)["train"][1]
+    pool_y = readers.read_mnist_like("mnist", mnist_small)["train"][1]
     assert torch.equal(y, pool_y[a.split_indices["val"]])
 
 
@@ -351,48 +344,174 @@ def test_toy2d_shapes_modes_and_labels() -> None:
 
 
 # ---------------------------------------------------------------------------------------- CIFAR-10
-def _write_cifar(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}, f)
-        written[name] = data
-    return written
+CIFAR_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CifarBatches = dict[str, tuple[np.ndarray, list[int]]]
 
 
-def test_cifar10_reader_on_official_format(tmp_path: Path) -> None:
-    written = _write_cifar(tmp_path / "cifar-10-batches-py")
+def _cifar_batches(n: int = 4, seed: int = 0) -> CifarBatches:
+    """Random images and labels for each of the six batches."""
+    rng = np.random.default_rng(seed)
+    return {name: (rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), rng.integers(0, 10, size=n).tolist())
+            for name in CIFAR_NAMES}
+
+
+def _python_batch(name: str, data: np.ndarray, labels: object, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
+    """A batch pickled the way the official files are: a dict with a uint8 N×3072 array."""
+    batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+             b"filenames": [f"img_{i}.png".encode() for i in range(len(data))]}
+    return pickle.dumps(batch, protocol)
+
+
+def _numpy1_names(blob: bytes) -> bytes:
+    """A protocol-4 pickle made by numpy 2, as numpy 1 (the official files) names the array reconstructor."""
+    old, new = b"\x8c\x16numpy._core.multiarray", b"\x8c\x15numpy.core.multiarray"  # (opcode, length, name)
+    assert blob.count(old) == 1
+    return pickletools.optimize(blob.replace(old, new))  # re-frames the shortened pickle
+
+
+def _write_cifar_python(folder: Path, batches: CifarBatches, writer=_python_batch) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (data, labels) in batches.items():
+        (folder / name).write_bytes(writer(name, data, labels))
+
+
+def _write_cifar_binary(folder: Path, batches: CifarBatches) -> None:
+    """The binary version: per image, a label byte then the 3072 image bytes, in data_batch_<i>.bin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (data, labels) in batches.items():
+        (folder / f"{name}.bin").write_bytes(np.column_stack([np.array(labels, dtype=np.uint8), data]).tobytes())
+
+
+@pytest.mark.parametrize("subdir", ["", "cifar-10-batches-py", "cifar-10-batches-bin"])
+def test_cifar10_reader_on_official_formats(tmp_path: Path, subdir: str) -> None:
+    batches = _cifar_batches()
+    write = _write_cifar_binary if subdir.endswith("bin") else _write_cifar_python
+    write(tmp_path / subdir, batches)
     splits = readers.read_cifar10(tmp_path)  # root above the archive's folder works too
     x, y = splits["train"]
-    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (20,)
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert y.tolist() == [label for name in CIFAR_NAMES[:5] for label in batches[name][1]]
     # Row-major channel, height, width: pixel (c, h, w) of image i is data[i, c*1024 + h*32 + w].
-    d = written["data_batch_2"]
+    d = batches["data_batch_2"][0]
     assert x[4, 2, 5, 7] == d[0, 2 * 1024 + 5 * 32 + 7] and x[5, 0, 31, 0] == d[1, 31 * 32]
-    assert torch.equal(splits["test"][0].flatten(1), torch.from_numpy(written["test_batch"]))
+    assert torch.equal(splits["test"][0].flatten(1), torch.from_numpy(batches["test_batch"][0]))
 
-    dm = CIFAR10(name="cifar10", root=str(tmp_path / "cifar-10-batches-py"), val_fraction=0.25)
+    dm = CIFAR10(name="cifar10", root=str(tmp_path / subdir), val_fraction=0.25)
     assert dm.info == DataInfo("cifar10", (3, 32, 32), 10, 256)
     assert len(dm.split_tensors("val")[0]) == 5 and len(dm.split_tensors("test")[0]) == 4
     assert torch.allclose(dm.split_tensors("test")[0], splits["test"][0].float() / 255)
 
 
-def test_cifar10_missing_and_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", [
+    _python_batch,
+    lambda name, data, labels: _python_batch(name, data, labels, protocol=5),  # numpy's out-of-band-ready form
+    lambda name, data, labels: _numpy1_names(_python_batch(name, data, labels, protocol=4)),
+], ids=["default-protocol", "protocol-5", "numpy-1-names"])
+def test_cifar10_python_and_binary_batches_read_identically(tmp_path: Path, writer) -> None:
+    batches = _cifar_batches()
+    _write_cifar_python(tmp_path / "py", batches, writer)
+    _write_cifar_binary(tmp_path / "bin", batches)
+    from_python, from_binary = readers.read_cifar10(tmp_path / "py"), readers.read_cifar10(tmp_path / "bin")
+    for split in ("train", "test"):
+        assert torch.equal(from_python[split][0], from_binary[split][0])
+        assert torch.equal(from_python[split][1], from_binary[split][1])
+
+
+def test_cifar10_prefers_the_binary_version(tmp_path: Path) -> None:
+    _write_cifar_python(tmp_path / "cifar-10-batches-py", _cifar_batches(seed=0))
+    _write_cifar_binary(tmp_path / "cifar-10-batches-bin", binary := _cifar_batches(seed=1))
+    assert torch.equal(readers.read_cifar10(tmp_path)["test"][0].flatten(1), torch.from_numpy(binary["test_batch"][0]))
+    # An incomplete binary version is passed over for a complete python one.
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
+    python = readers.read_cifar10(tmp_path)["test"][0].flatten(1)
+    assert torch.equal(python, torch.from_numpy(_cifar_batches(seed=0)["test_batch"][0]))
+
+
+def test_cifar10_missing_names_every_path_of_both_versions(tmp_path: Path) -> None:
     with pytest.raises(DgmrunError) as err:
         readers.read_cifar10(tmp_path)
     msg = str(err.value)
-    assert "www.cs.toronto.edu/~kriz/cifar.html" in msg and "data.root=PATH" in msg
-    assert str(tmp_path / "data_batch_3") in msg and str(tmp_path / "cifar-10-batches-py" / "test_batch") in msg
+    assert "www.cs.toronto.edu/~kriz/cifar.html" in msg and "binary or python version" in msg
+    assert "data.root=PATH" in msg and "\n" not in msg
+    for name in CIFAR_NAMES:
+        for path in (tmp_path / name, tmp_path / "cifar-10-batches-py" / name, tmp_path / f"{name}.bin",
+                     tmp_path / "cifar-10-batches-bin" / f"{name}.bin"):
+            assert f"{path};" in msg or f"{path}." in msg
+    assert "6 of 6 files of the binary version and 6 of 6 files of the python version are missing" in msg
 
-    _write_cifar(tmp_path / "c")
-    bad = tmp_path / "c" / "data_batch_3"
+
+def test_cifar10_truncated_and_foreign_batches(tmp_path: Path) -> None:
+    batches = _cifar_batches()
+    _write_cifar_python(tmp_path / "py", batches)
+    bad = tmp_path / "py" / "data_batch_3"
     bad.write_bytes(bad.read_bytes()[:100])
-    with pytest.raises(DgmrunError, match="not a CIFAR-10 python batch") as err:
-        readers.read_cifar10(tmp_path / "c")
+    with pytest.raises(DgmrunError, match="truncated or not a CIFAR-10 python batch") as err:
+        readers.read_cifar10(tmp_path / "py")
     assert str(bad) in str(err.value)
+
+    _write_cifar_binary(tmp_path / "bin", batches)
+    bad = tmp_path / "bin" / "test_batch.bin"
+    bad.write_bytes(bad.read_bytes()[:-10])
+    with pytest.raises(DgmrunError) as err:
+        readers.read_cifar10(tmp_path / "bin")
+    assert str(err.value) == (f"{bad} is truncated or not a CIFAR-10 binary batch: its {4 * 3073 - 10} bytes are not "
+                              "a whole number of 3073-byte records (1 label byte + 3072 image bytes); download it again")
+    records = np.zeros((2, 3073), dtype=np.uint8)
+    records[1, 0] = 10
+    bad.write_bytes(records.tobytes())
+    with pytest.raises(DgmrunError, match="labels span 0..10, not 0..9"):
+        readers.read_cifar10(tmp_path / "bin")
+
+
+class _CreatesFile:
+    """Unpickling this opens (and so creates) ``path``: what a crafted batch could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+class _RunsShell(_CreatesFile):
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def _write_malicious_cifar(root: Path, payload: type[_CreatesFile]) -> Path:
+    """Every batch a proper one except data_batch_1, whose labels are the payload; returns its marker file."""
+    marker = root.parent / f"{root.name}-was-here"
+    batches = _cifar_batches()
+    _write_cifar_python(root, batches)
+    data = batches["data_batch_1"][0]
+    (root / "data_batch_1").write_bytes(_python_batch("data_batch_1", data, payload(marker)))
+    return marker
+
+
+@pytest.mark.parametrize("payload, refused", [(_CreatesFile, f"{open.__module__}.open"),  # io.open
+                                             (_RunsShell, f"{os.system.__module__}.system")])  # posix.system
+def test_cifar10_batch_that_runs_code_is_refused(tmp_path: Path, payload: type[_CreatesFile], refused: str) -> None:
+    marker = _write_malicious_cifar(tmp_path / "cifar", payload)
+    pickle.loads((tmp_path / "cifar" / "data_batch_1").read_bytes())  # shows the payload works when unpickled
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(DgmrunError) as err:
+        readers.read_cifar10(tmp_path / "cifar")
+    batch = tmp_path / "cifar" / "data_batch_1"
+    assert str(err.value) == (f"refusing to load {batch}: it asks to run {refused}; a CIFAR-10 batch holds only "
+                              "arrays, lists and strings")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_cifar10_batch_that_runs_code(tmp_path: Path) -> None:
+    marker = _write_malicious_cifar(tmp_path / "cifar", _CreatesFile)
+    out = run_dgmrun("data=cifar10", f"data.root={tmp_path / 'cifar'}", "trainer=debug", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"dgmrun: error: refusing to load {tmp_path / 'cifar' / 'data_batch_1'}: it asks to run "
+                      f"{open.__module__}.open; a CIFAR-10 batch holds only arrays, lists and strings"], out.stderr
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------ image folder
@@ -446,6 +565,41 @@ def test_image_folder_empty_names_folder_and_extensions(tmp_path: Path) -> None:
     with pytest.raises(DgmrunError) as err:
         ImageFolder(root=str(tmp_path)).load()
     assert str(tmp_path) in str(err.value) and ".png" in str(err.value) and ".jpeg" in str(err.value)
+
+
+def _folder_with_unreadable_image(root: Path) -> Path:
+    for i in range(6):
+        _stripes(root / f"{i}.png", 12, 12)
+    bad = root / "3.png"
+    bad.write_bytes(b"not a PNG: the download was cut short")
+    return bad
+
+
+def test_image_folder_unreadable_image_same_message_with_workers(tmp_path: Path) -> None:
+    bad = _folder_with_unreadable_image(tmp_path)
+    messages = []
+    for workers in (0, 2):
+        dm = ImageFolder(root=str(tmp_path), image_size=8, val_fraction=0.0, test_fraction=0.0, batch_size=6,
+                         num_workers=workers)
+        for read in (lambda: next(iter(dm.train_dataloader())), lambda: dm.split_tensors("train")):
+            with pytest.raises(DgmrunError) as err:
+                read()
+            messages.append(str(err.value))
+    assert messages[0].startswith(f"cannot read image {bad}: ") and "\n" not in messages[0]
+    assert messages == [messages[0]] * 4  # a worker's error reads as the error itself, not its traceback
+
+
+@pytest.mark.slow
+def test_cli_unreadable_image_same_one_line_with_and_without_workers(tmp_path: Path) -> None:
+    bad = _folder_with_unreadable_image(tmp_path / "images")
+    errors = []
+    for workers in (0, 2):
+        out = run_dgmrun("data=image_folder", f"data.root={tmp_path / 'images'}", "data.image_size=8",
+                         "data.batch_size=8", f"data.num_workers={workers}", "trainer=debug", cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
+        errors.append([line for line in out.stderr.splitlines() if "error" in line.lower()])
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    assert errors[0][0].startswith(f"dgmrun: error: cannot read image {bad}: ")
 
 
 # ------------------------------------------------------------------------------------------ digits

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dgmrun.data import readers
 from dgmrun.data.info import DataInfo
@@ -403,7 +403,7 @@ class MNISTLike(FileImageDataModule):
 
 
 class CIFAR10(FileImageDataModule):
-    """CIFAR-10 from the official python batches: 3×32×32, 10 classes."""
+    """CIFAR-10 from the official binary or python batches (``readers.read_cifar10``): 3×32×32, 10 classes."""
 
     def _read(self) -> dict[str, Batch]:
         return readers.read_cifar10(self.root)
@@ -464,14 +464,35 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | DgmrunError:
         j = self.ids[i]
-        x = _to_unit(readers.load_image(self.paths[j], self.image_size, self.channels))
+        try:
+            x = _to_unit(readers.load_image(self.paths[j], self.image_size, self.channels))
+        except DgmrunError as error:  # returned, not raised: see ImageLoader
+            return error
         if self.binarize_seed is not None:
             x = bernoulli(x, derive_seed(self.binarize_seed, j))
         elif self.dynamic:
             x = torch.bernoulli(x)  # worker RNG: seeded by the DataLoader from the global seed
         return x, -1
+
+
+def _collate_images(items: list[tuple[Tensor, int] | DgmrunError]) -> Batch | DgmrunError:
+    """The batch, or the error of its first unreadable image."""
+    error = next((item for item in items if isinstance(item, DgmrunError)), None)
+    return error if error is not None else default_collate(items)
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader of ``ImageFiles`` (with ``collate_fn=_collate_images``) that raises an unreadable image's
+    DgmrunError in the main process. The error travels as the batch: raised in a worker, torch would re-raise
+    it with the worker's traceback as its message, and the user would read that instead of one line."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in super().__iter__():
+            if isinstance(batch, DgmrunError):
+                raise batch
+            yield batch
 
 
 class ImageFolder(ImageOptions, BaseDataModule):
@@ -514,8 +535,9 @@ class ImageFolder(ImageOptions, BaseDataModule):
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         dataset = self._dataset(split, dynamic=train and self.binarize == "dynamic")
-        return DataLoader(
+        return ImageLoader(
             dataset,
+            collate_fn=_collate_images,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             # Full training batches, like the in-memory sets, unless that would leave none at all.
@@ -527,7 +549,8 @@ class ImageFolder(ImageOptions, BaseDataModule):
 
     def _split_tensors(self, split: str) -> Batch:
         dataset = self._dataset(split)
-        loader = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        loader = ImageLoader(dataset, collate_fn=_collate_images, batch_size=self.eval_batch_size,
+                             num_workers=self.num_workers)
         batches = list(loader)
         if not batches:
             return torch.empty(0, *self.info.shape), torch.empty(0, dtype=torch.int64)

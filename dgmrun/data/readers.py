@@ -2,7 +2,8 @@
 
 Images come back as uint8 (N, C, H, W) or, for sklearn's digits, float32 already in [0, 1]; labels as
 int64. Every problem a user can fix (missing, truncated or foreign files) is a ``DgmrunError`` that
-names the file, never a numpy/gzip/pickle traceback.
+names the file, never a numpy/gzip/pickle traceback. No file can run code: pickles are read by an
+unpickler that knows only the globals of the data they hold.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from torch import Tensor
 
 from dgmrun.errors import DgmrunError
 
+try:  # the array reconstructors of pickled arrays (numpy 2 moved numpy.core to numpy._core)
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
 Split = tuple[Tensor, Tensor]  # (x, y)
 
 
@@ -29,18 +37,32 @@ def resolve_root(root: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
 
 
-def _locate(candidates: dict[str, list[Path]], what: str, root: Path, source: str) -> dict[str, Path]:
-    """The first existing path for every file, or one paragraph naming every path looked for."""
-    found = {name: next((p for p in paths if p.is_file()), None) for name, paths in candidates.items()}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        looked_for = "; ".join(str(p) for name in missing for p in candidates[name])
-        raise DgmrunError(
-            f"{what} not found under {root}: {len(missing)} of {len(candidates)} files are missing. "
-            f"Looked for: {looked_for}. The official files come from {source}; put them in that folder, "
-            f"or set data.root=PATH to the folder that holds them."
-        )
-    return found  # type: ignore[return-value]
+def _locate(
+    layouts: dict[str, dict[str, list[Path]]], what: str, root: Path, source: str
+) -> dict[str, Path]:
+    """The files of the first layout (in order) that has them all, each at its first existing path; or one
+    paragraph naming every path looked for. ``layouts`` maps a description ("" for a set with one layout)
+    to each file's candidate paths."""
+    counts, looked_for = [], []
+    for layout, candidates in layouts.items():
+        found = {name: next((p for p in paths if p.is_file()), None) for name, paths in candidates.items()}
+        missing = [name for name, path in found.items() if path is None]
+        if not missing:
+            return found  # type: ignore[return-value]
+        counts.append(f"{len(missing)} of {len(candidates)} files" + (f" of {layout}" if layout else ""))
+        looked_for += [str(p) for name in missing for p in candidates[name]]
+    raise DgmrunError(
+        f"{what} not found under {root}: {' and '.join(counts)} are missing. Looked for: {'; '.join(looked_for)}. "
+        f"The official files come from {source}; put them in that folder, or set data.root=PATH to the folder "
+        "that holds them."
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DgmrunError(f"cannot read {path}: {e.strerror}") from None
 
 
 # ----------------------------------------------------------------------------------------------- IDX
@@ -50,10 +72,7 @@ IDX_UBYTE = 0x08  # the only element type the MNIST-style sets use
 def read_idx(path: str | os.PathLike) -> Tensor:
     """An IDX file (gzip-compressed or not) as a uint8 tensor shaped as its header says."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DgmrunError(f"cannot read {path}: {e.strerror}") from None
+    raw = _read_bytes(path)
     if raw[:2] == b"\x1f\x8b":  # gzip's magic bytes: trust the content, not the file name
         try:
             raw = gzip.decompress(raw)
@@ -102,7 +121,7 @@ def read_mnist_like(name: str, root: str | os.PathLike) -> dict[str, Split]:
     root = resolve_root(root)
     names = [f for files in MNIST_FILES.values() for f in files]
     source = MNIST_SOURCES[check_mnist_name(name)]
-    paths = _locate({f: [root / f, root / f"{f}.gz"] for f in names}, f"{name} files", root, source)
+    paths = _locate({"": {f: [root / f, root / f"{f}.gz"] for f in names}}, f"{name} files", root, source)
     out = {}
     for split, (image_file, label_file) in MNIST_FILES.items():
         x, y = read_idx(paths[image_file]), read_idx(paths[label_file])
@@ -118,36 +137,91 @@ def read_mnist_like(name: str, root: str | os.PathLike) -> dict[str, Split]:
 
 
 # ----------------------------------------------------------------------------------------- CIFAR-10
-CIFAR10_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (the CIFAR-10 python version)"
+CIFAR10_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (the CIFAR-10 binary or python version)"
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-CIFAR10_SUBDIR = "cifar-10-batches-py"  # what the official archive unpacks to
+CIFAR10_SUBDIR = "cifar-10-batches-py"  # what the official python archive unpacks to
+CIFAR10_BIN_SUBDIR = "cifar-10-batches-bin"  # ... and the binary one (its files end in .bin)
+CIFAR10_IMAGE_BYTES = 3 * 32 * 32
+# Every global a pickled CIFAR-10 batch may name: numpy's array reconstruction, under its numpy 1 name (the
+# official files) and numpy 2 name, and the protocol-5 variant (a batch re-pickled by Python 3.8+). The rest
+# of a batch (dicts, lists, bytes, strings, ints) needs no global. numpy.dtype only describes element types.
+CIFAR10_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+}
 
 
-def _read_cifar_batch(path: Path) -> Split:
-    # Unpickling runs code from the file: only ever point data.root at files you trust.
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as e:  # a damaged pickle can fail in many ways; all mean "not a CIFAR-10 batch"
-        raise DgmrunError(f"{path} is truncated or not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only the data of a CIFAR-10 python batch: a pickle naming any other global (a function to
+    call, a class to build) is refused before that global is even imported."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # the official files were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return CIFAR10_PICKLE_GLOBALS[module, name]
+        except KeyError:
+            raise DgmrunError(
+                f"refusing to load {self.path}: it asks to run {module}.{name}; a CIFAR-10 batch holds only "
+                "arrays, lists and strings"
+            ) from None
+
+
+def _cifar_split(data: np.ndarray, labels: np.ndarray, path: Path) -> Split:
+    if data.ndim != 2 or data.shape[1] != CIFAR10_IMAGE_BYTES or labels.shape != (len(data),):
         raise DgmrunError(
             f"{path} is corrupt: expected N×3072 data and N labels, found {data.shape} and {labels.shape}"
         )
-    # Each row is the 3×32×32 image in row-major (channel, height, width) order.
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+    if len(labels) and not 0 <= labels.min() <= labels.max() <= 9:
+        raise DgmrunError(f"{path} is corrupt: its labels span {labels.min()}..{labels.max()}, not 0..9")
+    # Each row is the 3×32×32 image in row-major (channel, height, width) order, in both versions.
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def _read_cifar_python_batch(path: Path) -> Split:
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, path).load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except DgmrunError:
+        raise
+    except Exception as e:  # a damaged pickle can fail in many ways; all mean "not a CIFAR-10 batch"
+        raise DgmrunError(f"{path} is truncated or not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    return _cifar_split(data, labels, path)
+
+
+def _read_cifar_binary_batch(path: Path) -> Split:
+    raw = _read_bytes(path)
+    record = 1 + CIFAR10_IMAGE_BYTES  # a label byte, then the image
+    if not raw or len(raw) % record:
+        raise DgmrunError(
+            f"{path} is truncated or not a CIFAR-10 binary batch: its {len(raw)} bytes are not a whole number of "
+            f"{record}-byte records (1 label byte + 3072 image bytes); download it again"
+        )
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
+    return _cifar_split(rows[:, 1:], rows[:, 0], path)
 
 
 def read_cifar10(root: str | os.PathLike) -> dict[str, Split]:
-    """{"train": (x, y), "test": (x, y)}, x uint8 (N, 3, 32, 32), from root or root/cifar-10-batches-py."""
+    """{"train": (x, y), "test": (x, y)}, x uint8 (N, 3, 32, 32), from the binary version (preferred) or the
+    python version, each directly under root or in the folder its archive unpacks to."""
     root = resolve_root(root)
     names = [n for batches in CIFAR10_BATCHES.values() for n in batches]
-    paths = _locate({n: [root / n, root / CIFAR10_SUBDIR / n] for n in names}, "CIFAR-10 batches", root, CIFAR10_SOURCE)
+    layouts = {
+        "the binary version": {n: [root / f"{n}.bin", root / CIFAR10_BIN_SUBDIR / f"{n}.bin"] for n in names},
+        "the python version": {n: [root / n, root / CIFAR10_SUBDIR / n] for n in names},
+    }
+    paths = _locate(layouts, "CIFAR-10 batches", root, CIFAR10_SOURCE)
     out = {}
     for split, batches in CIFAR10_BATCHES.items():
-        xs, ys = zip(*(_read_cifar_batch(paths[n]) for n in batches))
+        read = [_read_cifar_binary_batch(p) if p.suffix == ".bin" else _read_cifar_python_batch(p)
+                for p in (paths[n] for n in batches)]
+        xs, ys = zip(*read)
         out[split] = (torch.cat(xs), torch.cat(ys))
     return out
 
