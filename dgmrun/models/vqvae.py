@@ -132,6 +132,10 @@ class VQVAE(GenerativeModel):
     def nll_estimator(self) -> str:
         return "elbo-uniform-prior"
 
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return self.likelihood.is_mass  # the bound is a mass when p(x | z_q) is (the code prior is one)
+
     def prior_log_prob(self, codes: Tensor) -> Tensor:
         h, w = self.latent_shape
         return torch.full((len(codes),), -h * w * math.log(self.num_codes), device=codes.device)
@@ -209,6 +213,10 @@ class VQVAEPrior(GenerativeModel):
     @property
     def nll_estimator(self) -> str:
         return "elbo-pixelcnn-prior"
+
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return self.vqvae.likelihood_is_discrete
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:
