@@ -125,7 +125,8 @@ def test_bits_per_dim_only_for_a_probability_mass(cfg_factory, likelihood):
     """A Gaussian decoder on (17-level) digits gives a density: test/nll but no test/bpd. A Bernoulli
     (binarized digits) or discretized logistic decoder gives a mass: test/bpd = nll / (D ln 2)."""
     binarize = ["data.binarize=dynamic"] if likelihood == "bernoulli" else []
-    cfg = cfg_factory(f"model.likelihood={likelihood}", "model.latent_dim=4", "eval.num_importance_samples=2", *binarize)
+    cfg = cfg_factory(f"model.likelihood={likelihood}", "model.latent_dim=4", "eval.num_importance_samples=2",
+                      *binarize)
     validate(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.info)
