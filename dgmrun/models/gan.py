@@ -21,10 +21,11 @@ wgan Arjovsky et al. 2017, wgan_gp Gulrajani et al. 2017 (eq. 3), lsgan Mao et a
 a=0 b=c=1), hinge Lim & Ye 2017 and Miyato et al. 2018. ``g_real_loss`` is the generator side's loss
 on real data, for models whose generator side also moves D's inputs for real data (BiGAN's encoder
 makes the pairs (x, E(x))): G's loss with the roles of real and fake swapped, so G and E minimise
-g_loss(f) + g_real_loss(r) -- the negated game for minimax, wgan* and hinge, the pair-swapped D loss
-(the non-saturating form) for ns and lsgan. For the minimax loss the optimal D is
-D*(x) = p(x) / (p(x) + p_G(x)), and G then minimises 2 JSD(p || p_G) - log 4; the non-saturating G
-loss has the same fixed point but strong gradients when D rejects G's samples early in training.
+g_loss(f) + g_real_loss(r): the negated D loss for minimax and wgan*, the negated critic -f + r for
+hinge, and D's loss with the pairs swapped for ns (the non-saturating form) and lsgan. For the
+minimax loss the optimal D is D*(x) = p(x) / (p(x) + p_G(x)), and G then minimises
+2 JSD(p || p_G) - log 4; the non-saturating G loss has the same fixed point but strong gradients
+when D rejects G's samples early in training.
 x^ = e x + (1 - e) G(z), e ~ U(0, 1), are the interpolates of the gradient penalty (for a D of
 several inputs, every input is interpolated with the same e, and the norm is over all of them).
 
