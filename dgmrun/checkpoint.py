@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -49,7 +50,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def build_model(model_cfg: dict[str, Any] | DictConfig, info: DataInfo) -> GenerativeModel:
     """Instantiate ``model_cfg`` (a ``_target_`` and its arguments) for data described by ``info``."""
-    model = instantiate(model_cfg, data_info=info.to_dict(), _convert_="all")
+    try:
+        model = instantiate(model_cfg, data_info=info.to_dict(), _convert_="all")
+    except InstantiationException as e:  # a model refusing its arguments: the user's one-line message
+        if isinstance(e.__cause__, DgmrunError):
+            raise e.__cause__ from None
+        raise
     if not isinstance(model, GenerativeModel):
         raise DgmrunError(f"model._target_={model_cfg['_target_']} is not a dgmrun GenerativeModel")
     return model

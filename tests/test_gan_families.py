@@ -184,6 +184,73 @@ def test_bigan_trains_encoder_and_reconstructs(info, args):
         assert figures == {}
 
 
+class LinearJointCritic(torch.nn.Module):
+    """D(x, z) = a . x + b . z on packed inputs: its gradient w.r.t. the joint input (x, z) is (a, b)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(a), torch.nn.Parameter(b)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) @ self.a + z @ self.b)[:, None]
+
+
+def bigan_with_linear_critic(loss: str, pack: int) -> BiGAN:
+    model = BiGAN(TOY, loss=loss, pack=pack, latent_dim=3, **SMALL_MLP)
+    g = torch.Generator().manual_seed(0)
+    model.discriminator = LinearJointCritic(torch.randn(2 * pack, generator=g), torch.randn(3 * pack, generator=g))
+    return model
+
+
+# What G and E together minimise, by loss, on D's logits f = D(G(z), z) and r = D(x, E(x)): the table's
+# G loss on f plus, on r, the same with real and fake swapped (for wgan/hinge: the negated critic).
+BIGAN_G_LOSSES = {
+    "minimax": lambda f, r: torch.log(1 - torch.sigmoid(f)).mean() + torch.log(torch.sigmoid(r)).mean(),
+    "ns": lambda f, r: -torch.log(torch.sigmoid(f)).mean() - torch.log(1 - torch.sigmoid(r)).mean(),
+    "wgan": lambda f, r: -f.mean() + r.mean(),
+    "wgan_gp": lambda f, r: -f.mean() + r.mean(),
+    "hinge": lambda f, r: -f.mean() + r.mean(),
+    "lsgan": lambda f, r: 0.5 * ((f - 1) ** 2).mean() + 0.5 * (r**2).mean(),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(BIGAN_G_LOSSES))
+@pytest.mark.parametrize("pack", [1, 2])
+def test_bigan_generator_and_encoder_loss_follows_the_loss_table(loss, pack):
+    model = bigan_with_linear_critic(loss, pack)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    g_loss, _ = model.g_loss(x, torch.zeros(8))
+    torch.manual_seed(2)
+    z = model.sample_latent(8)  # the noise g_loss drew
+    with torch.no_grad():
+        fake_logits = model.joint_critic(model.generate(z), z)
+        real_logits = model.joint_critic(x, model.encode(x))
+    assert g_loss.item() == pytest.approx(BIGAN_G_LOSSES[loss](fake_logits, real_logits).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_bigan_gradient_penalty_is_on_the_joint_input(pack):
+    """With D(x, z) = a . x + b . z the gradient at every interpolate (x^, z^) is (a, b): the penalty is
+    (sqrt(|a|^2 + |b|^2) - 1)^2, not (|a| - 1)^2 as with z held fixed."""
+    model = bigan_with_linear_critic("wgan_gp", pack)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    _, logs = model.d_loss(x, torch.zeros(8))
+    a, b = model.discriminator.a.detach(), model.discriminator.b.detach()
+    joint_norm = torch.sqrt(a.norm() ** 2 + b.norm() ** 2).item()
+    assert logs["gp"].item() == pytest.approx((joint_norm - 1) ** 2, rel=1e-5)
+
+
+def test_gradient_penalty_interpolates_every_input_of_a_joint_critic_alike():
+    """D(x, z) = (|x|^2 + |z|^2) / 2 has gradient (x^, z^): at e = 0.25 both are 0.25 real + 0.75 fake."""
+    from dgmrun.models.gan import gradient_penalty
+
+    real, fake = (torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 8.0]])), (torch.zeros(1, 2), torch.zeros(1, 2))
+    critic = lambda x, z: 0.5 * ((x**2).sum(1) + (z**2).sum(1))  # noqa: E731
+    gp = gradient_penalty(critic, real, fake, eps=torch.tensor([0.25]))
+    assert gp.item() == pytest.approx((5**0.5 - 1) ** 2, rel=1e-6)  # |(1, 0, 0, 2)| = sqrt(5)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bigan_encoder_learns_to_invert_the_generator(seed):
     """At the BiGAN optimum E = G^-1 (Donahue et al., Theorem 2). On the 8-Gaussian ring with a 2-D

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
+from dgmrun.checkpoint import build_model
 from dgmrun.data.info import DataInfo
 from dgmrun.models.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian
 from dgmrun.models.vae import VAE
+from dgmrun.schema import validate
 
 
 @pytest.mark.parametrize("levels", [2, 17, 256])
@@ -114,3 +118,24 @@ def test_kl_warmup_is_linear_up_to_beta():
     vae = VAE(info, latent_dim=2, beta=2.0, kl_warmup_steps=100)
     assert [vae.kl_weight(step) for step in (0, 50, 100, 400)] == [0.0, 1.0, 2.0, 2.0]
     assert VAE(info, latent_dim=2, beta=3.0).kl_weight(0) == 3.0
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "discretized_logistic"])
+def test_bits_per_dim_only_for_a_probability_mass(cfg_factory, likelihood):
+    """A Gaussian decoder on (17-level) digits gives a density: test/nll but no test/bpd. A Bernoulli
+    (binarized digits) or discretized logistic decoder gives a mass: test/bpd = nll / (D ln 2)."""
+    binarize = ["data.binarize=dynamic"] if likelihood == "bernoulli" else []
+    cfg = cfg_factory(f"model.likelihood={likelihood}", "model.latent_dim=4", "eval.num_importance_samples=2",
+                      *binarize)
+    validate(cfg)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule.info)
+    model.eval_settings = dict(cfg.eval)
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    torch.manual_seed(0)
+    metrics = pl.Trainer(**quiet).test(model, datamodule=datamodule, verbose=False)[0]
+    assert math.isfinite(metrics["test/nll"])
+    if likelihood == "gaussian":
+        assert "test/bpd" not in metrics
+    else:
+        assert metrics["test/bpd"] == pytest.approx(metrics["test/nll"] / (64 * math.log(2)), rel=1e-5)

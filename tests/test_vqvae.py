@@ -112,3 +112,54 @@ def test_prior_is_causal_over_the_code_grid():
     jac = torch.autograd.functional.jacobian(lambda t: net(t)[0].reshape(6, 25), e)  # (6, 25, 1, 4, 5, 5)
     dep = jac.abs().sum((0, 2, 3)).reshape(25, 25)
     assert (dep.triu() == 0).all()
+
+
+def vae_checkpoint(path: Path) -> Path:
+    """A real dgmrun checkpoint (Lightning's file, with the run record task=train adds) of a model that is
+    not a VQ-VAE: a small VAE on 8x8 digit-like images after one step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dgmrun.models.vae import VAE
+
+    vae = VAE(info((1, 8, 8), levels=17), latent_dim=2, hidden_dims=[8])
+    vae.run_record = {"config": {"model": {"_target_": "dgmrun.models.vae.VAE", "latent_dim": 2, "hidden_dims": [8]}}}
+    x = torch.randint(0, 17, (8, 1, 8, 8)) / 16
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(vae, DataLoader(TensorDataset(x, torch.zeros(8)), batch_size=8))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_config_validation_refuses_a_missing_vqvae_ckpt(cfg_factory, tmp_path):
+    from dgmrun.errors import DgmrunError
+    from dgmrun.schema import validate
+
+    for path in [tmp_path / "no" / "such.ckpt", tmp_path]:
+        with pytest.raises(DgmrunError, match=f"^model.vqvae_ckpt={path}"):
+            validate(cfg_factory("model=vqvae_prior", f"model.vqvae_ckpt={path}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "directory", "random-bytes", "not-a-vqvae"])
+def test_a_bad_vqvae_ckpt_is_named_in_one_line(tmp_path, case):
+    from tests.conftest import run_dgmrun
+
+    if case == "missing":
+        path = tmp_path / "no" / "such.ckpt"
+    elif case == "directory":
+        path = tmp_path / "run"
+        path.mkdir()
+    elif case == "random-bytes":
+        path = tmp_path / "random.ckpt"
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    else:
+        path = vae_checkpoint(tmp_path / "vae.ckpt")
+    out = run_dgmrun("model=vqvae_prior", f"model.vqvae_ckpt={path}", "hydra.run.dir=prior", cwd=tmp_path,
+                     timeout=120)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgmrun: error: model.vqvae_ckpt="), out.stderr
+    assert str(path) in lines[0] and "ckpt_path" not in lines[0]
+    assert not (tmp_path / "prior" / "checkpoints").exists()

@@ -6,8 +6,9 @@ A model is a LightningModule (it owns its training step) that also answers three
 - ``log_likelihood(x)``: per-example log p(x) in nats (exact, a bound or an estimate), or None;
 - ``nll_estimator``: how that number is obtained (``exact``, ``elbo``, ``importance-k100``, ...).
 
-Evaluation (``test_step``) is generic: it logs ``test/nll`` and, for discrete data, ``test/bpd``
-from ``log_likelihood``, plus whatever ``extra_test_metrics`` a model adds.
+Evaluation (``test_step``) is generic: it logs ``test/nll`` and, when ``log_likelihood`` is a
+probability mass (``likelihood_is_discrete``), ``test/bpd`` from it, plus whatever
+``extra_test_metrics`` a model adds.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class GenerativeModel(pl.LightningModule):
 
     @property
     def likelihood_is_discrete(self) -> bool:
-        """Whether ``log_likelihood`` is a probability mass (so bits/dim are reported), not a density."""
+        """Whether ``log_likelihood`` is a probability mass (so bits/dim are reported), not a density.
+
+        By default, whether the data are discrete: right for models that are exact distributions over the
+        data's levels (NADE, PixelCNN). Models with a decoder likelihood ask it (``Likelihood.is_mass``)."""
         return self.data_info.levels is not None
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -4,8 +4,12 @@ An encoder E maps x to z (deterministically, as in BiGAN) and the discriminator 
 real pairs (x, E(x)) with x from the data against generated pairs (G(z), z) with z ~ N(0, I) (``noise``). The
 game (ALI eq. 3) is  min_{G,E} max_D  E_x[log D(x, E(x))] + E_z[log(1 - D(G(z), z))]; at its optimum
 the two joint distributions match, so E inverts G. D minimises the chosen ``loss`` on
-(real pairs, generated pairs); G and E together minimise the same loss with the roles of the two
-kinds of pairs swapped (the non-saturating form of the game for the ``ns`` loss).
+(real pairs, generated pairs); G and E together minimise the generator side of that loss on both
+kinds of pairs, g_loss(f) + g_real_loss(r) of the table in ``gan`` with f = D(G(z), z), r = D(x, E(x)):
+for ``hinge`` and ``wgan*`` the negated critic, -f + r; for ``ns`` and ``lsgan`` the D loss with the
+pairs swapped (for ``ns`` the non-saturating form of the game that both papers train); for ``minimax``
+the negated D loss, the game itself. The WGAN-GP penalty is on D's gradient w.r.t. the joint input at the interpolates
+(x^, z^) = e (x, E(x)) + (1 - e) (G(z), z), its norm over x and z together.
 
 D = a joint head on [features of x (D's usual body), features of z (an MLP)]. With packing, D
 judges ``pack`` pairs at once. ``figures`` shows reconstructions x -> E -> G (input rows
@@ -19,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dgmrun.models.gan import GAN, gradient_penalty
+from dgmrun.models.gan import G_REAL_LOSSES, GAN
 from dgmrun.nets.conv import conv_encoder
 from dgmrun.nets.gan_blocks import MinibatchStd, maybe_sn, pack_samples
 from dgmrun.nets.mlp import mlp
@@ -73,29 +77,24 @@ class BiGAN(GAN):
     def joint_critic(self, x: Tensor, z: Tensor) -> Tensor:
         return self.discriminator(pack_samples(x, self.pack), pack_samples(z, self.pack))
 
-    def _pairs_logits(self, x: Tensor, detach: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _pairs_logits(self, x: Tensor, detach: bool
+                      ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """D's logits on the real pairs (x, E(x)) and the generated pairs (G(z), z), and those pairs."""
         z = self.sample_latent(len(x))
         fake, code = self.generate(z), self.encode(x)
         if detach:
             fake, code = fake.detach(), code.detach()
-        return (self.joint_critic(x, code).float(), self.joint_critic(fake, z).float(), code, fake)
+        return self.joint_critic(x, code).float(), self.joint_critic(fake, z).float(), (x, code), (fake, z)
 
     def d_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        real_logits, fake_logits, code, fake = self._pairs_logits(x, detach=self._single_process)
+        real_logits, fake_logits, real_pairs, fake_pairs = self._pairs_logits(x, detach=self._single_process)
         loss = self.d_loss_fn(real_logits, fake_logits)
         logs = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
-        if self.loss_name == "wgan_gp":  # penalty on interpolated x, with z interpolated alike
-            z = self.sample_latent(len(x))
-            eps = torch.rand(len(x), device=x.device)
-            z_mix = eps[:, None] * code.detach() + (1 - eps[:, None]) * z
-            gp = gradient_penalty(lambda v: self.joint_critic(v, z_mix), x, fake, self.pack, eps=eps)
-            loss = loss + self.gp_weight * gp
-            logs["gp"] = gp.detach()
-        return loss, logs
+        return self.with_gradient_penalty(loss, logs, self.joint_critic, real_pairs, fake_pairs), logs
 
     def g_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_logits, fake_logits, _, _ = self._pairs_logits(x, detach=False)
-        return self.d_loss_fn(fake_logits, real_logits), {}  # roles swapped: G and E try to fool D both ways
+        return self.g_loss_fn(fake_logits) + G_REAL_LOSSES[self.loss_name](real_logits), {}
 
     def g_parameters(self) -> list[nn.Parameter]:
         return super().g_parameters() + list(self.encoder.parameters())

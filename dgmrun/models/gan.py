@@ -5,21 +5,29 @@ A generator G maps noise z ~ N(0, I) (or U(-1, 1), ``noise=uniform``) to data; a
 written on D's raw outputs (logits) r = D(x) for real data and f = D(G(z)) for generated data, sigma
 the logistic function:
 
-=========  ============================================  ==========================================
-loss       d_loss(r, f)                                  g_loss(f)
-=========  ============================================  ==========================================
-minimax    -log sigma(r) - log(1 - sigma(f))              log(1 - sigma(f))    (the minimax game, eq. 1)
-ns         same as minimax                               -log sigma(f)        (non-saturating, sec. 3)
-wgan       f - r  (D weights clipped to [-clip, clip])    -f                   (Arjovsky et al. 2017)
-wgan_gp    f - r + gp_weight * (||grad D(x^)|| - 1)^2     -f                   (Gulrajani et al. 2017, eq. 3)
-lsgan      ((r - 1)^2 + f^2) / 2                          (f - 1)^2 / 2        (Mao et al. 2017, eq. 9, a=0 b=c=1)
-hinge      relu(1 - r) + relu(1 + f)                      -f                   (Lim & Ye 2017; Miyato et al. 2018)
-=========  ============================================  ==========================================
+=========  ============================================  ====================  ===================
+loss       d_loss(r, f)                                  g_loss(f)             g_real_loss(r)
+=========  ============================================  ====================  ===================
+minimax    -log sigma(r) - log(1 - sigma(f))              log(1 - sigma(f))     log sigma(r)
+ns         same as minimax                               -log sigma(f)         -log(1 - sigma(r))
+wgan       f - r  (D weights clipped to [-clip, clip])    -f                    r
+wgan_gp    f - r + gp_weight * (||grad D(x^)|| - 1)^2     -f                    r
+lsgan      ((r - 1)^2 + f^2) / 2                          (f - 1)^2 / 2         r^2 / 2
+hinge      relu(1 - r) + relu(1 + f)                      -f                    r
+=========  ============================================  ====================  ===================
 
-each averaged over the batch. For the minimax loss the optimal D is D*(x) = p(x) / (p(x) + p_G(x)),
-and G then minimises 2 JSD(p || p_G) - log 4; the non-saturating G loss has the same fixed point
-but strong gradients when D rejects G's samples early in training. x^ = e x + (1 - e) G(z),
-e ~ U(0, 1), are the interpolates of the gradient penalty.
+each averaged over the batch: minimax is the game of eq. 1, ns its non-saturating G loss (sec. 3),
+wgan Arjovsky et al. 2017, wgan_gp Gulrajani et al. 2017 (eq. 3), lsgan Mao et al. 2017 (eq. 9,
+a=0 b=c=1), hinge Lim & Ye 2017 and Miyato et al. 2018. ``g_real_loss`` is the generator side's loss
+on real data, for models whose generator side also moves D's inputs for real data (BiGAN's encoder
+makes the pairs (x, E(x))): G's loss with the roles of real and fake swapped, so G and E minimise
+g_loss(f) + g_real_loss(r): the negated D loss for minimax and wgan*, the negated critic -f + r for
+hinge, and D's loss with the pairs swapped for ns (the non-saturating form) and lsgan. For the
+minimax loss the optimal D is D*(x) = p(x) / (p(x) + p_G(x)), and G then minimises
+2 JSD(p || p_G) - log 4; the non-saturating G loss has the same fixed point but strong gradients
+when D rejects G's samples early in training.
+x^ = e x + (1 - e) G(z), e ~ U(0, 1), are the interpolates of the gradient penalty (for a D of
+several inputs, every input is interpolated with the same e, and the norm is over all of them).
 
 Remedies, all off or on from the config: spectral norm in D (``spectral_norm``), a minibatch-stddev
 feature in D (``minibatch_std``), packing (PacGAN: D judges ``pack`` samples at once, which makes
@@ -82,8 +90,16 @@ def _minimax_g(fake: Tensor) -> Tensor:
     return -F.softplus(fake).mean()  # log(1 - sigma(f)) = -softplus(f)
 
 
+def _minimax_g_real(real: Tensor) -> Tensor:
+    return -F.softplus(-real).mean()  # log sigma(r)
+
+
 def _ns_g(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()  # -log sigma(f) = softplus(-f)
+
+
+def _ns_g_real(real: Tensor) -> Tensor:
+    return F.softplus(real).mean()  # -log(1 - sigma(r))
 
 
 def _wasserstein_d(real: Tensor, fake: Tensor) -> Tensor:
@@ -94,12 +110,20 @@ def _wasserstein_g(fake: Tensor) -> Tensor:  # also the hinge loss's G loss
     return -fake.mean()
 
 
+def _wasserstein_g_real(real: Tensor) -> Tensor:
+    return real.mean()
+
+
 def _lsgan_d(real: Tensor, fake: Tensor) -> Tensor:
     return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
 
 
 def _lsgan_g(fake: Tensor) -> Tensor:
     return 0.5 * ((fake - 1) ** 2).mean()
+
+
+def _lsgan_g_real(real: Tensor) -> Tensor:
+    return 0.5 * (real**2).mean()
 
 
 def _hinge_d(real: Tensor, fake: Tensor) -> Tensor:
@@ -116,21 +140,36 @@ LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], T
     "hinge": (_hinge_d, _wasserstein_g),
 }
 
+# name: g_real_loss(real_logits), the generator side's loss on real data (see the table), to be minimised
+G_REAL_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
+    "minimax": _minimax_g_real,
+    "ns": _ns_g_real,
+    "wgan": _wasserstein_g_real,
+    "wgan_gp": _wasserstein_g_real,
+    "lsgan": _lsgan_g_real,
+    "hinge": _wasserstein_g_real,
+}
 
-def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, pack: int = 1,
-                     eps: Tensor | None = None) -> Tensor:
+
+def gradient_penalty(critic: Callable[..., Tensor], real: Tensor | Sequence[Tensor], fake: Tensor | Sequence[Tensor],
+                     pack: int = 1, eps: Tensor | None = None) -> Tensor:
     """WGAN-GP penalty E[(||grad_x^ D(x^)||_2 - 1)^2] at x^ = e real + (1 - e) fake (Gulrajani et al. 2017).
 
     ``critic`` takes unpacked samples (it packs them itself); the norm is taken over each packed
-    input of D, i.e. over the ``pack`` samples that D judges together. ``eps`` (one per sample) is
-    drawn uniformly when not given.
+    input of D, i.e. over the ``pack`` samples that D judges together. For a critic of several
+    inputs (BiGAN's D(x, z)), ``real`` and ``fake`` are sequences of them: each is interpolated with
+    the same e, and the norm is that of the gradient w.r.t. all of them together (the joint input).
+    ``eps`` (one per sample) is drawn uniformly when not given.
     """
+    reals, fakes = ((real,), (fake,)) if isinstance(real, Tensor) else (tuple(real), tuple(fake))
     if eps is None:
-        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
-    eps = eps.view(-1, *[1] * (real.dim() - 1))
-    mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
-    norms = pack_samples(grad, pack).flatten(1).norm(dim=1)
+        eps = torch.rand(reals[0].shape[0], device=reals[0].device, dtype=reals[0].dtype)
+    mixed = []
+    for r, f in zip(reals, fakes):
+        e = eps.view(-1, *[1] * (r.dim() - 1))
+        mixed.append((e * r.detach() + (1 - e) * f.detach()).requires_grad_(True))
+    grads = torch.autograd.grad(critic(*mixed).float().sum(), mixed, create_graph=True)
+    norms = torch.cat([pack_samples(g, pack).flatten(1) for g in grads], dim=1).norm(dim=1)
     return ((norms - 1) ** 2).mean()
 
 
@@ -235,9 +274,10 @@ class GAN(GenerativeModel):
         logs = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
         return self.with_gradient_penalty(loss, logs, lambda v: self.critic(v, y), x, fake), logs
 
-    def with_gradient_penalty(self, loss: Tensor, logs: dict[str, Tensor], critic: Callable[[Tensor], Tensor],
-                              real: Tensor, fake: Tensor) -> Tensor:
-        """D's loss plus gp_weight x the gradient penalty for ``loss=wgan_gp`` (logged as ``gp``); else unchanged."""
+    def with_gradient_penalty(self, loss: Tensor, logs: dict[str, Tensor], critic: Callable[..., Tensor],
+                              real: Tensor | Sequence[Tensor], fake: Tensor | Sequence[Tensor]) -> Tensor:
+        """D's loss plus gp_weight x the gradient penalty for ``loss=wgan_gp`` (logged as ``gp``); else unchanged.
+        ``real`` and ``fake`` are D's input(s), as for ``gradient_penalty``."""
         if self.loss_name != "wgan_gp":
             return loss
         gp = gradient_penalty(critic, real, fake, self.pack)

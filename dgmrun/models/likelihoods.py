@@ -2,8 +2,9 @@
 
 A decoder emits ``num_params`` numbers per data dimension, stacked along dim 1 (channels for images,
 features for points). ``log_prob`` returns the per-example log-likelihood in nats, summed over all
-dimensions; for discrete data it is the log of a probability mass, so NLL and bits/dim are the
-numbers papers report.
+dimensions. ``is_mass`` says whether that is the log of a probability mass (Bernoulli, discretized
+logistic: NLL and bits/dim are the numbers papers report) or of a density (Gaussian: NLL only, as
+bits/dim of a density mean nothing and can be negative).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def _sum_per_example(t: Tensor) -> Tensor:
 
 class Likelihood:
     num_params = 1
+    is_mass = False  # whether log_prob is a log probability mass (True) or a log density
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -34,6 +36,8 @@ class Likelihood:
 
 class Bernoulli(Likelihood):
     """Binary data; params are logits."""
+
+    is_mass = True
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return -_sum_per_example(F.binary_cross_entropy_with_logits(params, x, reduction="none"))
@@ -54,6 +58,7 @@ class DiscretizedLogistic(Likelihood):
     """
 
     num_params = 2
+    is_mass = True
 
     def __init__(self, levels: int):
         self.levels = levels

@@ -113,6 +113,10 @@ class VAE(GenerativeModel):
     def nll_estimator(self) -> str:
         return f"importance-k{self.eval_settings['num_importance_samples']}"
 
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return self.likelihood.is_mass  # a Gaussian decoder on images gives a density: no bits/dim
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:
         k = int(self.eval_settings["num_importance_samples"])

@@ -26,9 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmrun.checkpoint import load_model
+from dgmrun.errors import DgmrunError
 from dgmrun.models.base import GenerativeModel
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.masked import PixelCNNNet
+from dgmrun.schema import resolve_ckpt_path
 
 
 class VQVAE(GenerativeModel):
@@ -132,6 +135,10 @@ class VQVAE(GenerativeModel):
     def nll_estimator(self) -> str:
         return "elbo-uniform-prior"
 
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return self.likelihood.is_mass  # the bound is a mass when p(x | z_q) is (the code prior is one)
+
     def prior_log_prob(self, codes: Tensor) -> Tensor:
         h, w = self.latent_shape
         return torch.full((len(codes),), -h * w * math.log(self.num_codes), device=codes.device)
@@ -168,14 +175,16 @@ class VQVAEPrior(GenerativeModel):
                  kernel_size: int = 3, optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
-        import dgmrun
-        from dgmrun.errors import DgmrunError
-
-        vqvae = dgmrun.load(vqvae_ckpt)
+        key = f"model.vqvae_ckpt={vqvae_ckpt}"
+        path = resolve_ckpt_path(vqvae_ckpt, key="model.vqvae_ckpt")
+        try:
+            vqvae = load_model(path)
+        except DgmrunError as e:  # unreadable, not a dgmrun checkpoint, weights that do not fit its config
+            raise DgmrunError(f"{key}: {e}") from None
         if not isinstance(vqvae, VQVAE):
-            raise DgmrunError(f"model.vqvae_ckpt={vqvae_ckpt} is a {type(vqvae).__name__}, not a VQ-VAE")
+            raise DgmrunError(f"{key} is a {type(vqvae).__name__}, not a VQ-VAE")
         if tuple(vqvae.data_info.shape) != tuple(self.data_info.shape) or vqvae.data_info.levels != self.data_info.levels:
-            raise DgmrunError(f"the VQ-VAE of {vqvae_ckpt} was trained on {vqvae.data_info.name} "
+            raise DgmrunError(f"{key}: its VQ-VAE was trained on {vqvae.data_info.name} "
                               f"{tuple(vqvae.data_info.shape)} with {vqvae.data_info.levels} levels; this run's data is "
                               f"{self.data_info.name} {tuple(self.data_info.shape)} with {self.data_info.levels} levels")
         vqvae.requires_grad_(False)
@@ -209,6 +218,10 @@ class VQVAEPrior(GenerativeModel):
     @property
     def nll_estimator(self) -> str:
         return "elbo-pixelcnn-prior"
+
+    @property
+    def likelihood_is_discrete(self) -> bool:
+        return self.vqvae.likelihood_is_discrete
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:

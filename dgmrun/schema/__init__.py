@@ -155,15 +155,16 @@ def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
-def resolve_ckpt_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run dir meaning its ``checkpoints/last.ckpt``."""
+def resolve_ckpt_path(path: str | os.PathLike, key: str = "ckpt_path") -> Path:
+    """A checkpoint file, or a run dir meaning its ``checkpoints/last.ckpt``; ``key`` (the config key
+    that gave the path) names it in the errors."""
     p = Path(resolve_path(str(path)))
     if p.is_dir():
         last = p / "checkpoints" / "last.ckpt"
-        require(last.is_file(), f"ckpt_path={path} is a directory without checkpoints/last.ckpt; "
+        require(last.is_file(), f"{key}={path} is a directory without checkpoints/last.ckpt; "
                 "give the run dir of a `dgmrun task=train` run, or a .ckpt file")
         return last
-    require(p.is_file(), f"ckpt_path={path}: no such file or run dir ({p})")
+    require(p.is_file(), f"{key}={path}: no such file or run dir ({p})")
     return p
 
 

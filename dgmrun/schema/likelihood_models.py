@@ -120,6 +120,12 @@ class VQVAEPriorConfig(MaskedStackConfig):
     vqvae_ckpt: str = MISSING
     kernel_size: int = 3
 
+    def check(self) -> None:
+        super().check()
+        from dgmrun.schema import resolve_ckpt_path  # here: dgmrun.schema imports this module
+
+        resolve_ckpt_path(self.vqvae_ckpt, key="model.vqvae_ckpt")  # a file or run dir, before torch is imported
+
 
 SCHEMAS: dict[str, type[ModelConfig]] = {
     "dgmrun.models.iwae.IWAE": IWAEConfig,
