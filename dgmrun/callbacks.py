@@ -133,8 +133,8 @@ class RNGState(pl.Callback):
     uninterrupted run would have. The state is stored as tensors and plain Python values, which
     checkpoints loaded with ``weights_only=True`` accept. It is set back at ``on_train_start``, after
     everything a resumed fit does before its first step (the sanity check runs under Lightning's own
-    RNG isolation). Each process saves and restores its own state, but a checkpoint holds rank 0's:
-    a resumed DDP run continues rank 0's streams on every rank, so bit-identity holds on one process.
+    RNG isolation). A checkpoint holds rank 0's state, and a resumed DDP run gives it to every rank
+    (the ranks start from the same seed); bit-identity is tested on one process.
     """
 
     def __init__(self) -> None:

@@ -92,10 +92,11 @@ def csv_rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("overrides,budget,kill_after,save", [
-    (VAE, ["trainer.max_epochs=3"], 13, True),     # 10 batches an epoch: killed in the middle of the 2nd
-    (VAE, ["trainer.max_epochs=3"], 23, False),    # dies in the 3rd epoch: resumes from the end of the 2nd
+    (VAE, ["trainer.max_epochs=2"], 13, True),     # 10 batches an epoch: killed in the middle of the 2nd
+    (VAE, ["trainer.max_epochs=2"], 15, False),    # dies in the 2nd epoch: resumes from the end of the 1st
     (GAN, ["trainer.max_epochs=2"], 5, True),      # 4 batches (8 optimizer steps) an epoch; two optimizers
-    (RBM, ["trainer.max_epochs=3"], 14, True),     # persistent chains
+    (RBM, ["trainer.max_epochs=3"], 14, True),     # persistent chains (train/* logged on every 10th batch only:
+                                                   # the epoch after the kill must log them for metrics.json)
 ], ids=["vae-mid-epoch", "vae-epoch-end", "gan-mid-epoch", "rbm-pcd-mid-epoch"])
 def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, overrides, budget, kill_after, save):
     """Resumed with no trainer options, the run finishes its own budget (not the default 50 epochs) in
@@ -134,3 +135,17 @@ def test_resume_into_a_run_dir_of_its_own_keeps_the_first_run(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
     resumed = torch.load(tmp_path / "elsewhere" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["dgmrun"]["config"]["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow  # wandb's service process: ~20 s
+def test_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    """The wandb run id is fixed when the run starts (logger.id, stored in its checkpoints); resumed in its
+    run dir, the run logs to that same wandb run."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    wandb = ["logger=wandb", "logger.mode=offline", "task.test=false"]
+    train(run, *VAE, *wandb, "trainer.max_epochs=1")
+    run_id = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["dgmrun"]["config"]["logger"]["id"]
+    train(tmp_path / "cmd", *VAE, *wandb, "trainer.max_epochs=2", f"ckpt_path={run}")
+    parts = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and all(name.endswith(f"-{run_id}") for name in parts), parts
