@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.task.test:
             use_best = best is not None and bool(best.best_model_path)
             results = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path if use_best else None,
-                                   verbose=False)
+                                   verbose=False, weights_only=True)
             metrics.update(collect_test_metrics(trainer, model, datamodule, cfg, results, scorer))
             metrics["test/checkpoint"] = "best" if use_best else "last"
         failed = False
