@@ -114,11 +114,21 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, overri
 
 
 def test_trainer_options_on_the_command_line_extend_the_budget(tmp_path):
+    """... and TensorBoard goes on in the same dir: a second event file, its steps after the first's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = tmp_path / "run"
-    train(run, *VAE, "trainer.max_epochs=1", "task.test=false")
-    train(tmp_path / "cmd", *VAE, "trainer.max_epochs=2", "task.test=false", f"ckpt_path={run}")
+    train(run, *VAE, "logger=tensorboard", "trainer.max_epochs=1", "task.test=false")
+    train(tmp_path / "cmd", *VAE, "logger=tensorboard", "trainer.max_epochs=2", "task.test=false", f"ckpt_path={run}")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["dgmrun"]["config"]["trainer"]["max_epochs"] == 2
+    files = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    steps = []
+    for f in files:
+        events = EventAccumulator(str(f))
+        events.Reload()
+        steps.append([e.step for e in events.Scalars("train/loss")])
+    assert len(files) == 2 and max(steps[0]) < min(steps[1]) and len(steps[0]) + len(steps[1]) == checkpoint["global_step"]
 
 
 def test_resume_into_a_run_dir_of_its_own_keeps_the_first_run(tmp_path):
