@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import dgmrun.tasks.train as train_task
 from dgmrun.schema import validate
@@ -159,3 +160,20 @@ def test_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
     train(tmp_path / "cmd", *VAE, *wandb, "trainer.max_epochs=2", f"ckpt_path={run}")
     parts = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
     assert len(parts) == 2 and all(name.endswith(f"-{run_id}") for name in parts), parts
+
+
+@pytest.mark.parametrize("resume_overrides,expected", [
+    ([], {"max_epochs": 6, "max_steps": 700, "max_time": "00:01:00:00", "accelerator": "auto"}),
+    (["trainer=cpu"], {"max_epochs": 6, "max_steps": 700, "max_time": "00:01:00:00", "accelerator": "cpu"}),
+    (["trainer.max_epochs=20", "trainer.max_time=null"], {"max_epochs": 20, "max_steps": 700, "max_time": None}),
+])
+def test_resumed_training_keeps_the_checkpoints_budget_unless_the_command_line_sets_it(
+        cfg_factory, resume_overrides, expected):
+    """The budget keys come from the stored trainer group; the rest of the trainer (a group chosen anew,
+    trainer=cpu) and every budget key set on the command line come from this command."""
+    from dgmrun.checkpoint import merge_with_checkpoint
+
+    stored = cfg_factory("trainer=gpu", "trainer.max_epochs=6", "trainer.max_steps=700", "trainer.max_time=00:01:00:00")
+    overrides = [*resume_overrides, "ckpt_path=x.ckpt"]
+    merged = merge_with_checkpoint(cfg_factory(*overrides), OmegaConf.to_container(stored), overrides)
+    assert {k: merged.trainer[k] for k in expected} == expected
