@@ -1,12 +1,15 @@
-"""Callbacks every run uses: sample grids in the run dir (and the logger), and training throughput."""
+"""Callbacks every run uses: sample grids in the run dir (and the logger), training throughput, and the
+random number generators' state in checkpoints."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -120,3 +123,46 @@ class SampleQuality(pl.Callback):
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 pl_module.log(key, float(value), rank_zero_only=True)
+
+
+class RNGState(pl.Callback):
+    """The global random number generators in every checkpoint, set back when training resumes from one.
+
+    The models draw their training noise (reparameterization, GAN noise, Gibbs chains) from torch's
+    global generator; with it (and numpy's and Python's) restored, a resumed run draws what the
+    uninterrupted run would have. The state is stored as tensors and plain Python values, which
+    checkpoints loaded with ``weights_only=True`` accept. It is set back at ``on_train_start``, after
+    everything a resumed fit does before its first step (the sanity check runs under Lightning's own
+    RNG isolation). A checkpoint holds rank 0's state, and a resumed DDP run gives it to every rank
+    (the ranks start from the same seed); bit-identity is tested on one process.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state(legacy=False)
+        version, py_state, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
+                      "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+            "python": [version, list(py_state), gauss],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+        version, py_state, gauss = state["python"]
+        random.setstate((version, tuple(py_state), gauss))

@@ -25,6 +25,9 @@ from dgmrun.schema import resolve_ckpt_path
 
 # Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
 CHECKPOINT_GROUPS = ("model", "data")
+# Trainer keys that resumed training takes from its checkpoint unless the command line sets them: the
+# budget of the run. The other trainer keys (accelerator, precision, ...) belong to the new command.
+BUDGET_KEYS = ("max_epochs", "max_steps", "max_time")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,7 +68,8 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
     """The checkpoint's model and data settings, with this command line's changes on top.
 
     A group chosen anew on the command line (``data=mnist``) replaces the stored one; a key set on
-    it (``data.root=...``) changes the stored value.
+    it (``data.root=...``) changes the stored value. ``task=train`` (resuming) also keeps the stored
+    budget (``BUDGET_KEYS``) of each key not set on the command line (``trainer.max_epochs=20``).
     """
     parsed = OverridesParser.create().parse_overrides(overrides)
     merged = cfg.copy()
@@ -78,6 +82,12 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
                 OmegaConf.update(node, o.key_or_group[len(group) + 1:], o.value(), merge=True, force_add=True)
         with open_dict(merged):
             merged[group] = node
+    if cfg.task.name == "train":
+        set_here = {o.key_or_group for o in parsed}
+        with open_dict(merged):
+            for key in BUDGET_KEYS:
+                if key in stored.get("trainer", {}) and f"trainer.{key}" not in set_here:
+                    merged.trainer[key] = stored["trainer"][key]
     return merged
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -44,8 +45,10 @@ def run_name_from_overrides() -> str | None:
 
 
 def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto") -> Any:
-    """A Lightning WandbLogger; ``mode=auto`` runs online when logged in, else offline."""
+                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto",
+                 id: str | None = None) -> Any:
+    """A Lightning WandbLogger; ``mode=auto`` runs online when logged in, else offline. ``id``: the wandb
+    run, continued if it exists (a resumed run passes the id its first part ran under)."""
     from lightning.pytorch.loggers import WandbLogger
 
     if mode == "auto":
@@ -54,7 +57,42 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: s
             log.warning("wandb: no credentials found, logging offline; upload later with "
                         "`wandb sync %s/wandb/offline-run-*`", save_dir)
     return WandbLogger(project=project, save_dir=save_dir, entity=entity, name=name or run_name_from_overrides(),
-                       group=group, tags=list(tags or []), mode=mode)
+                       group=group, tags=list(tags or []), mode=mode, id=id, resume="allow" if id else None)
+
+
+def continue_logs(logger: Any) -> None:
+    """Let a run resumed in its own run dir continue the first part's logs. CSV: Lightning's writer
+    would delete metrics.csv; this one keeps the rows before the step the resumed part starts at (later
+    ones were logged after the checkpoint by the run that died) and appends. TensorBoard writes a new
+    event file in the same dir, on the same step axis; wandb continues by its run id (``logger.id``)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if isinstance(logger, CSVLogger):
+        logger._experiment = _continued_csv_writer(logger.log_dir)
+
+
+def _continued_csv_writer(log_dir: str) -> Any:
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class ContinuedWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # called by __init__, in place of deleting metrics.csv
+            self.first_part = self._fs.isfile(self.metrics_file_path)
+
+        def save(self) -> None:
+            if self.first_part and self.metrics:
+                self.first_part = False
+                resumed_at = min(float(row["step"]) for row in self.metrics)
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    reader = csv.DictReader(f)
+                    self.metrics_keys = list(reader.fieldnames or [])
+                    rows = [row for row in reader if float(row["step"]) < resumed_at]
+                with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            super().save()
+
+    return ContinuedWriter(log_dir)
 
 
 def finish_loggers(loggers: list[Any], failed: bool) -> None:

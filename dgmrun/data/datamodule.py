@@ -121,6 +121,10 @@ class DeviceBatches:
     ranks stay in step; batches then hold at most ``batch_size`` examples.
 
     The state (epoch, rank, world size) is read when iteration starts, from ``state()``.
+
+    ``state_dict()`` is the position in the epoch's order (Lightning saves it with every checkpoint);
+    after ``load_state_dict``, the next iteration of that epoch starts where it stood, so a run resumed
+    from a mid-epoch checkpoint sees the batches (and binarization draws) the uninterrupted run saw.
     """
 
     def __init__(
@@ -136,6 +140,8 @@ class DeviceBatches:
     ) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.train, self.seed, self.state, self.transform = train, seed, state, transform
+        self._position = (0, 0)  # (epoch, batches yielded) of the current iteration
+        self._resume_at: tuple[int, int] | None = None
 
     def _num_batches(self, st: RunState) -> int:
         n, bs = len(self.x), self.batch_size
@@ -159,18 +165,32 @@ class DeviceBatches:
     def __len__(self) -> int:
         return self._num_batches(self.state())
 
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
     def __iter__(self) -> Iterator[Batch]:
         st = self.state()
+        resume_at, self._resume_at = self._resume_at, None
+        skip = resume_at[1] if resume_at is not None and resume_at[0] == st.epoch else 0
+        self._position = (st.epoch, skip)
         device = self.x.device
         generator = None
         if self.transform is not None:
             generator = make_generator(derive_seed(self.seed, "transform", st.epoch, st.rank), device)
-        for idx in self.batch_indices(st):
+        for i, idx in enumerate(self.batch_indices(st)):
+            if i < skip and self.transform is None:
+                continue
             idx = idx.to(device)
             xb = self.x[idx]
             if self.transform is not None:
-                xb = self.transform(xb, generator)
-            yield xb, self.y[idx]
+                xb = self.transform(xb, generator)  # also on skipped batches: the generator stays in step
+            if i >= skip:
+                self._position = (st.epoch, i + 1)
+                yield xb, self.y[idx]
 
 
 def _dynamic_binarize(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -265,6 +285,22 @@ class InMemoryDataModule(BaseDataModule):
         super().__init__(name, batch_size, eval_batch_size, seed)
         self._cpu: dict[str, Batch] = {}
         self._on_device: dict[str, Batch] = {}
+        self._train_batches: DeviceBatches | None = None
+        self._train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
+
+    # The position in the training order goes into checkpoints twice: Lightning saves the loader's own
+    # state, but restores it only into a loader it builds after the checkpoint is read, and a model whose
+    # configure_optimizers asks for trainer.estimated_stepping_batches has it built before. The
+    # data module's state is restored in either case.
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"train_position": self._train_batches.state_dict()} if self._train_batches is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, dict[str, int]]) -> None:
+        position = state_dict.get("train_position")
+        if position is not None and self._train_batches is not None:
+            self._train_batches.load_state_dict(position)
+        else:
+            self._train_position = position
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
@@ -277,7 +313,7 @@ class InMemoryDataModule(BaseDataModule):
             self.setup()
         x, y = self._on_device[split]
         train = split == "train"
-        return DeviceBatches(
+        batches = DeviceBatches(
             x,
             y,
             self.batch_size if train else self.eval_batch_size,
@@ -286,6 +322,12 @@ class InMemoryDataModule(BaseDataModule):
             state=self.run_state,
             transform=self.train_transform if train else None,
         )
+        if train:
+            if self._train_position is not None:
+                batches.load_state_dict(self._train_position)
+                self._train_position = None
+            self._train_batches = batches
+        return batches
 
     def _split_tensors(self, split: str) -> Batch:
         return self._cpu[split]

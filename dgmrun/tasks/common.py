@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import warnings
@@ -15,6 +16,7 @@ import lightning
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -23,7 +25,7 @@ import dgmrun
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, read_checkpoint
 from dgmrun.errors import DgmrunError
 from dgmrun.io import write_json
-from dgmrun.loggers import flatten
+from dgmrun.loggers import continue_logs, flatten
 from dgmrun.metrics.samples import sample_metrics
 
 log = logging.getLogger("dgmrun")
@@ -72,16 +74,60 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
     from dgmrun.schema import validate
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    merged = merge_with_checkpoint(cfg, checkpoint["dgmrun"]["config"], command_line_overrides())
+    stored = checkpoint["dgmrun"]["config"]
+    merged = merge_with_checkpoint(cfg, stored, command_line_overrides())
     validate(merged, checkpoint_merged=True)
+    if merged.task.name == "train":
+        continue_run(merged, stored)
     return merged, checkpoint
 
 
-def make_loggers(cfg: DictConfig) -> list[Any]:
+def run_dir_chosen() -> bool:
+    """Whether this command chose the dir it writes to: ``hydra.run.dir=...``, a sweep's job dir, or
+    (outside the command line) the caller's ``paths.output_dir``."""
+    if not HydraConfig.initialized():
+        return True
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN or any(o.split("=")[0].lstrip("+~") == "hydra.run.dir"
+                                                     for o in hydra_cfg.overrides.hydra)
+
+
+def resumed_in_place(cfg: DictConfig) -> bool:
+    """Whether this train run continues the run dir of its checkpoint (see ``continue_run``)."""
+    ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    return ckpt is not None and cfg.task.name == "train" and ckpt.parent.parent == run_dir(cfg)
+
+
+def continue_run(cfg: DictConfig, stored: dict[str, Any]) -> None:
+    """Training resumed from a run's ``checkpoints/last.ckpt`` (or its run dir) continues in that run dir,
+    and in the same wandb run, unless this command chose a run dir of its own; from any other
+    checkpoint (``best.ckpt``) it writes a run of its own, which leaves that run's last.ckpt as it is."""
+    ckpt = Path(cfg.ckpt_path)
+    if ckpt.name != "last.ckpt" or ckpt.parent.name != "checkpoints" or run_dir_chosen():
+        return
+    log.info("resuming in the checkpoint's run dir %s (this command's own log is in %s)", ckpt.parent.parent, run_dir(cfg))
+    cfg.paths.output_dir = str(ckpt.parent.parent)
+    stored_logger = stored.get("logger") or {}
+    if (cfg.get("logger") is not None and "id" in cfg.logger and cfg.logger.id is None
+            and stored_logger.get("_target_") == cfg.logger.get("_target_")):
+        cfg.logger.id = stored_logger.get("id")
+
+
+def name_logger_run(cfg: DictConfig) -> None:
+    """Fix the wandb run id now (``logger.id``), so that the run's checkpoints carry it and resuming
+    continues that wandb run. (Not from ``random``: that would move the run's random streams.)"""
+    if cfg.get("logger") is not None and "id" in cfg.logger and cfg.logger.id is None:
+        cfg.logger.id = secrets.token_hex(4)
+
+
+def make_loggers(cfg: DictConfig, resumed: bool = False) -> list[Any]:
+    """The run's logger; ``resumed``: the run continues a run dir, and its logs the first part's."""
     if cfg.get("logger") is None:
         return []
     try:
         logger = instantiate(cfg.logger, _convert_="all")
+        if resumed:
+            continue_logs(logger)
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     except Exception as e:  # a logging service must never stop training
         log.warning("logger %s failed to start (%s); continuing with CSV only", cfg.logger.get("_target_"), e)

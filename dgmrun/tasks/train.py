@@ -9,11 +9,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from dgmrun.callbacks import SampleGrids, SampleQuality, Throughput
+from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, Throughput
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
-from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, run_dir, run_record, write_run_files
+from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, name_logger_run,
+                                 resumed_in_place, run_dir, run_record, write_run_files)
 
 
 def has_validation_loss(model: pl.LightningModule) -> bool:
@@ -23,9 +24,10 @@ def has_validation_loss(model: pl.LightningModule) -> bool:
 def train(cfg: DictConfig) -> float | None:
     """Returns the final validation loss, the objective of hyper-parameter sweeps."""
     resume_from = None
-    if cfg.ckpt_path is not None:  # resume: same model and data as the checkpoint, loops and optimizer restored
+    if cfg.ckpt_path is not None:  # resume: see "Resume" in the README
         cfg, _ = config_from_checkpoint(cfg)
         resume_from = cfg.ckpt_path  # validate() made it the checkpoint file itself
+    name_logger_run(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = run_dir(cfg)
 
@@ -43,22 +45,23 @@ def train(cfg: DictConfig) -> float | None:
     throughput = Throughput()
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
-    callbacks = [last, *([best] if best else []), throughput,
+    # best before last: the checkpoint callbacks save in this order, and last.ckpt must hold best's updated score.
+    callbacks = [*([best] if best else []), last, throughput, RNGState(),
                  SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size,
                              cfg.sample.classes)]
     if cfg.eval.every_n_epochs > 0:
         callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
-    loggers = make_loggers(cfg)
+    loggers = make_loggers(cfg, resumed=resumed_in_place(cfg))
     failed = True
     try:
         trainer = make_trainer(cfg, callbacks, loggers)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         metrics["perf/train_samples_per_s"] = throughput.samples_per_s
         if cfg.task.test:
             use_best = best is not None and bool(best.best_model_path)
             results = trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path if use_best else None,
-                                   verbose=False)
+                                   verbose=False, weights_only=True)
             metrics.update(collect_test_metrics(trainer, model, datamodule, cfg, results, scorer))
             metrics["test/checkpoint"] = "best" if use_best else "last"
         failed = False
