@@ -7,9 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from dgmrun.callbacks import SampleGrids, SampleQuality, Throughput
+from dgmrun.callbacks import SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, Throughput
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
@@ -43,7 +44,8 @@ def train(cfg: DictConfig) -> float | None:
     throughput = Throughput()
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
-    callbacks = [last, *([best] if best else []), throughput,
+    stop_on_signal = StopOnSignal(out / "checkpoints" / "last.ckpt")
+    callbacks = [last, *([best] if best else []), throughput, StopOnNonFinite(), stop_on_signal,
                  SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size,
                              cfg.sample.classes)]
     if cfg.eval.every_n_epochs > 0:
@@ -62,6 +64,8 @@ def train(cfg: DictConfig) -> float | None:
             metrics.update(collect_test_metrics(trainer, model, datamodule, cfg, results, scorer))
             metrics["test/checkpoint"] = "best" if use_best else "last"
         failed = False
+    except SIGTERMException:  # Lightning stopped at the end of a step for SIGTERM or Ctrl-C
+        raise stop_on_signal.stopped() from None
     finally:
         finish_loggers(loggers, failed)
     write_run_files(cfg, metrics)
