@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import validate
-from dgmrun.signals import Stopped, install
+from dgmrun import signals
+from dgmrun.signals import Stopped
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dgmrun.conf", config_name="config")
@@ -117,7 +118,7 @@ def main() -> None:
     if sys.argv[1:] in (["--help"], ["-h"]):
         print(HELP.format(groups="\n".join(f"{g}: {', '.join(o)}" for g, o in config_groups().items())))
         return
-    install()
+    signals.install()
     logging.raiseExceptions = False  # a log file on a full disk: no traceback for every line logged
     try:
         _hydra_main()

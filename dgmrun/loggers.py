@@ -91,12 +91,16 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: s
 def finish_loggers(loggers: list[Any], failed: bool) -> None:
     """Close every logger, also after an error (a wandb run left open hangs and never syncs)."""
     for logger in loggers:
-        try:
-            logger.finalize("failed" if failed else "success")
-        except Exception as e:  # a logger that cannot close must not hide the run's own outcome
-            log.warning("could not close logger %s: %s", type(logger).__name__, e)
+        _close(type(logger).__name__, logger.finalize, "failed" if failed else "success")
     wandb = sys.modules.get("wandb")  # only if this run imported it
     if wandb is not None and wandb.run is not None:
-        if signals.received() is not None:
-            wandb.run.mark_preempting()  # stopped by SIGTERM or Ctrl-C: shown as preempted, not as crashed
-        wandb.finish(exit_code=1 if failed else 0)
+        if signals.received() is not None:  # stopped by SIGTERM or Ctrl-C: shown as preempted, not as crashed
+            _close("wandb", wandb.run.mark_preempting)
+        _close("wandb", wandb.finish, 1 if failed else 0)
+
+
+def _close(name: str, close: Any, *args: Any) -> None:
+    try:
+        close(*args)
+    except Exception as e:  # a logger that cannot close must not hide the run's own outcome
+        log.warning("could not close logger %s: %s", name, e)

@@ -15,11 +15,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from tests.conftest import dgmrun_command, run_dgmrun
 
+pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_epochs=1", "task.test=false"]
 
 
@@ -173,3 +175,20 @@ def test_wandb_online_with_a_wrong_key_and_no_server_falls_back_to_csv_in_second
     job_start = datetime.fromtimestamp((tmp_path / "w" / ".hydra" / "config.yaml").stat().st_mtime)
     fell_back = datetime.strptime(warnings[0][1:24], "%Y-%m-%d %H:%M:%S,%f")
     assert (fell_back - job_start).total_seconds() < 25
+
+
+def test_a_model_optimized_by_hand_is_guarded_too():
+    """The RBM sets its CD gradient itself (no backward): its loss goes through the same check."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dgmrun.errors import DgmrunError
+    from dgmrun.models.rbm import RBM
+
+    model = RBM({"name": "t", "shape": [1, 1, 4], "num_classes": 0, "levels": 2}, hidden_dim=3)
+    with torch.no_grad():
+        model.W[0, 0] = float("nan")
+    data = DataLoader(TensorDataset(torch.ones(8, 1, 1, 4), torch.zeros(8)), batch_size=4)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(DgmrunError, match=r"^train/loss is nan at global step 0 \(epoch 0, batch 0\)"):
+        trainer.fit(model, train_dataloaders=data)
