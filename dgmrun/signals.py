@@ -6,6 +6,9 @@ the train task defers it instead (``defer_to``): Lightning finishes the step in 
 of that exact step is saved, and only then does the run end. Once stopping, further signals are ignored,
 so that a second Ctrl-C cannot cut a checkpoint or the loggers' closing short.
 
+In a sweep (``-m``: the jobs run one after another in this process) a signal ends the sweep: the job
+in progress stops as above, the jobs after it do not start.
+
 Torch-free: the command line installs the handlers before anything heavy is imported.
 """
 

@@ -4,6 +4,7 @@ Each ends in one line and a non-zero exit, with the checkpoints written before l
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
 import re
@@ -192,3 +193,39 @@ def test_a_model_optimized_by_hand_is_guarded_too():
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(DgmrunError, match=r"^train/loss is nan at global step 0 \(epoch 0, batch 0\)"):
         trainer.fit(model, train_dataloaders=data)
+
+
+@pytest.mark.parametrize("status, refused", [(401, True), (200, False)])
+def test_the_wandb_login_check_tells_a_refused_key_from_a_good_one(monkeypatch, status, refused):
+    """Against a local stand-in for the wandb server: it sees the key, and its answer decides."""
+    import http.server
+    import threading
+
+    from dgmrun.loggers import check_wandb_login
+
+    seen = []
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers["Authorization"])
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b'{"data": {"viewer": {"id": "x"}}}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    try:
+        if refused:
+            with pytest.raises(RuntimeError, match="the API key was refused"):
+                check_wandb_login()
+        else:
+            check_wandb_login()
+    finally:
+        server.shutdown()
+    assert seen == ["Basic " + base64.b64encode(b"api:" + b"k" * 40).decode()]
