@@ -20,10 +20,9 @@ from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from dgmrun import signals
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import validate
-from dgmrun import signals
-from dgmrun.signals import Stopped
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dgmrun.conf", config_name="config")
@@ -31,19 +30,17 @@ def _hydra_main(cfg: DictConfig) -> Any:
     try:
         validate(cfg)
         return get_method(cfg.task._target_)(cfg)
-    except OSError as error:  # a write the run's own files did not expect (a logger's, say): full disk, read-only
-        _report_error(DgmrunError(f"cannot write {error.filename or 'to the run dir'}: {error.strerror or error}"))
     except DgmrunError as error:
-        _report_error(error)
-    except Stopped as stop:  # SIGTERM or Ctrl-C: also ends a sweep, whose other jobs would be stopped the same way
+        print(f"dgmrun: error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records this job as failed and goes on with the others
+        sys.exit(1)
+    except OSError as error:  # a write not of the run's own files (a logger's, say) on a full or read-only disk
+        print(f"dgmrun: error: cannot write {error.filename or 'the run files'}: {error.strerror or error}",
+              file=sys.stderr)
+        sys.exit(1)  # in a sweep too: the next jobs would meet the same disk
+    except signals.Stopped as stop:  # SIGTERM or Ctrl-C: ends a sweep too (see dgmrun.signals)
         _exit_stopped(stop, _resume_hint(cfg))
-
-
-def _report_error(error: DgmrunError) -> None:
-    print(f"dgmrun: error: {error}", file=sys.stderr)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise error  # the sweeper records this job as failed and goes on with the others
-    sys.exit(1)
 
 
 def _resume_hint(cfg: DictConfig) -> str:
@@ -55,7 +52,7 @@ def _resume_hint(cfg: DictConfig) -> str:
     return f". Resume with: dgmrun task=train ckpt_path={last.parent.parent}"
 
 
-def _exit_stopped(stop: Stopped, hint: str = "") -> None:
+def _exit_stopped(stop: signals.Stopped, hint: str = "") -> None:
     print(f"dgmrun: {stop}{hint}", file=sys.stderr)
     sys.exit(stop.exit_code)
 
@@ -122,7 +119,7 @@ def main() -> None:
     logging.raiseExceptions = False  # a log file on a full disk: no traceback for every line logged
     try:
         _hydra_main()
-    except Stopped as stop:  # while Hydra starts up or winds down
+    except signals.Stopped as stop:  # while Hydra starts up or winds down
         _exit_stopped(stop)
 
 

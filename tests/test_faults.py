@@ -163,6 +163,19 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     assert out.stderr.strip() == "dgmrun: error: cannot write the run dir a_file/run: Not a directory"
 
 
+def test_a_run_dir_on_a_read_only_file_system_is_one_line(tmp_path):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a file system here")
+    try:
+        out = run_dgmrun(f"hydra.run.dir={mount}/run", cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"dgmrun: error: cannot write the run dir {mount}/run: Read-only file system"
+
+
 def test_wandb_online_with_a_wrong_key_and_no_server_falls_back_to_csv_in_seconds(tmp_path):
     out = run_dgmrun("logger=wandb", "logger.mode=online", "trainer=debug", "eval.num_importance_samples=2",
                      "hydra.run.dir=w", cwd=tmp_path,

@@ -126,8 +126,9 @@ class GenerativeModel(pl.LightningModule):
         where = f"epoch {self.current_epoch}"
         if self.trainer.training:
             where += f", batch {self.trainer.fit_loop.epoch_loop.batch_idx}"
-        raise DgmrunError(f"{name} is {loss.detach().float().max().item()} at global step {self.global_step} ({where}); "
-                          f"training stopped, the checkpoints written before are unchanged. Try to {self.divergence_hint}.")
+        value = loss.detach().float().max().item()
+        raise DgmrunError(f"{name} is {value} at global step {self.global_step} ({where}); training stopped, "
+                          f"the checkpoints written before are unchanged. Try to {self.divergence_hint}.")
 
     def on_before_backward(self, loss: Tensor) -> None:
         if self.automatic_optimization:  # what training_step returned, which every model logs as train/loss
