@@ -1,9 +1,11 @@
-"""Callbacks every run uses: sample grids in the run dir (and the logger), training throughput, and the
-random number generators' state in checkpoints."""
+"""Callbacks every run uses: sample grids in the run dir (and the logger), training throughput, the
+random number generators' state in checkpoints, and stops (a signal, a non-finite loss) that leave the
+checkpoints in order."""
 
 from __future__ import annotations
 
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dgmrun import signals
+from dgmrun.errors import DgmrunError
 from dgmrun.io import picture, sample_in_batches, save_png
 from dgmrun.models.base import GenerativeModel
 
@@ -166,3 +171,59 @@ class RNGState(pl.Callback):
                              "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
         version, py_state, gauss = state["python"]
         random.setstate((version, tuple(py_state), gauss))
+
+
+class StopOnNonFinite(pl.Callback):
+    """A non-finite validation loss stops the run before the checkpoints of that epoch are written (Lightning
+    runs checkpoint callbacks last). Training losses are checked in every step by the model itself."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: GenerativeModel) -> None:
+        if not trainer.sanity_checking:
+            for name, value in trainer.callback_metrics.items():
+                if name.startswith("val/") and name.endswith("loss"):
+                    pl_module.check_finite(name, value)
+
+
+class StopOnSignal(pl.Callback):
+    """SIGTERM or Ctrl-C while training: Lightning ends the step in progress and raises its SIGTERMException,
+    then ``path`` gets a checkpoint of that exact step, written by the trainer (loops, optimizers and every
+    callback's state in it, so ``ckpt_path`` resumes from there). See ``dgmrun.signals``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of the checkpoint saved
+        self.save_error: str | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signals.defer_to(self._request_stop)
+
+    @staticmethod
+    def _request_stop(signum: int) -> None:
+        """Lightning's own SIGTERM handler (set while it fits) makes its loops stop at the end of the step;
+        Ctrl-C goes through it too, rather than a KeyboardInterrupt in the middle of an update."""
+        handler = signal.getsignal(signal.SIGTERM)
+        if signum != signal.SIGTERM and callable(handler):
+            handler(signal.SIGTERM, None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signals.defer_to(None)
+        if signals.received() is not None:  # after the last step: its checkpoints are written already
+            raise signals.Stopped(signals.received(), " at the end of training")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        signals.defer_to(None)
+        if not isinstance(exception, SIGTERMException):
+            return
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_at = (trainer.current_epoch, trainer.global_step)
+        except DgmrunError as e:  # a full disk, say: the previous checkpoint is still there
+            self.save_error = str(e)
+
+    def stopped(self) -> signals.Stopped:
+        """What ends the run after Lightning's SIGTERMException: the signal, and where it stopped."""
+        if self.saved_at is not None:
+            detail = f" at epoch {self.saved_at[0]}, step {self.saved_at[1]}; checkpoint saved"
+        else:
+            detail = f"; the checkpoint could not be saved ({self.save_error})" if self.save_error else ""
+        return signals.Stopped(signals.received() or signal.SIGTERM, detail)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import json
 import logging
 import netrc
 import os
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 from urllib.parse import urlparse
+
+from dgmrun import signals
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +31,37 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def has_wandb_credentials() -> bool:
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def wandb_api_key() -> str | None:
+    """The key wandb would log in with: WANDB_API_KEY, else the netrc entry of the wandb host."""
     if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+        return os.environ["WANDB_API_KEY"]
+    host = urlparse(wandb_base_url()).hostname or "api.wandb.ai"
     try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+        return None
+    return entry[2] if entry else None
+
+
+def check_wandb_login(timeout_s: float = 5.0) -> None:
+    """Raise unless the wandb server answers within ``timeout_s`` and takes the API key: ``wandb.init``
+    itself waits ~90 s for an unreachable server, or one that refuses the key, before it gives up."""
+    url = wandb_base_url().rstrip("/") + "/graphql"
+    token = base64.b64encode(f"api:{wandb_api_key() or ''}".encode()).decode()
+    request = urllib.request.Request(url, data=json.dumps({"query": "{ viewer { id } }"}).encode(),
+                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        reason = "the API key was refused" if e.code in (401, 403) else f"HTTP {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = f"unreachable ({getattr(e, 'reason', None) or e})"
+    raise RuntimeError(f"wandb server {wandb_base_url()}: {reason}")
 
 
 def run_name_from_overrides() -> str | None:
@@ -52,10 +81,12 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: s
     from lightning.pytorch.loggers import WandbLogger
 
     if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_api_key() else "offline")
         if mode == "offline":
             log.warning("wandb: no credentials found, logging offline; upload later with "
                         "`wandb sync %s/wandb/offline-run-*`", save_dir)
+    if mode == "online":
+        check_wandb_login()
     return WandbLogger(project=project, save_dir=save_dir, entity=entity, name=name or run_name_from_overrides(),
                        group=group, tags=list(tags or []), mode=mode, id=id, resume="allow" if id else None)
 
@@ -98,10 +129,16 @@ def _continued_csv_writer(log_dir: str) -> Any:
 def finish_loggers(loggers: list[Any], failed: bool) -> None:
     """Close every logger, also after an error (a wandb run left open hangs and never syncs)."""
     for logger in loggers:
-        try:
-            logger.finalize("failed" if failed else "success")
-        except Exception as e:  # a logger that cannot close must not hide the run's own outcome
-            log.warning("could not close logger %s: %s", type(logger).__name__, e)
+        _close(type(logger).__name__, logger.finalize, "failed" if failed else "success")
     wandb = sys.modules.get("wandb")  # only if this run imported it
     if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        if signals.received() is not None:  # stopped by SIGTERM or Ctrl-C: shown as preempted, not as crashed
+            _close("wandb", wandb.run.mark_preempting)
+        _close("wandb", wandb.finish, 1 if failed else 0)
+
+
+def _close(name: str, close: Any, *args: Any) -> None:
+    try:
+        close(*args)
+    except Exception as e:  # a logger that cannot close must not hide the run's own outcome
+        log.warning("could not close logger %s: %s", name, e)

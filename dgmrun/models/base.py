@@ -113,6 +113,31 @@ class GenerativeModel(pl.LightningModule):
                 metrics["bpd"] = self.bits_per_dim(-log_px)
         return metrics
 
+    # ------------------------------------------------------------------ divergence
+    divergence_hint = "lower the learning rate (model.optimizer.lr)"
+
+    def check_finite(self, name: str, loss: Tensor) -> None:
+        """Stop the run at the first non-finite loss: before it reaches the weights in a training step,
+        before the checkpoints of an epoch's end are written after validation. So every checkpoint
+        written before stays as it was, and no NaN reaches a checkpoint or metrics.json.
+
+        Every training step of automatic optimization is checked here (``on_before_backward``); models
+        that optimize by hand call this for each loss they step on, validation losses are checked by
+        ``dgmrun.callbacks.StopOnNonFinite``.
+        """
+        if torch.isfinite(loss.detach()).all():
+            return
+        where = f"epoch {self.current_epoch}"
+        if self.trainer.training:
+            where += f", batch {self.trainer.fit_loop.epoch_loop.batch_idx}"
+        value = loss.detach().float().max().item()
+        raise DgmrunError(f"{name} is {value} at global step {self.global_step} ({where}); training stopped, "
+                          f"the checkpoints written before are unchanged. Try to {self.divergence_hint}.")
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        if self.automatic_optimization:  # what training_step returned, which every model logs as train/loss
+            self.check_finite("train/loss", loss)
+
     def configure_optimizers(self) -> Any:
         optimizer = make_optimizer(self.parameters(), self.optimizer_settings)
         scheduler = self.make_scheduler(optimizer)

@@ -181,6 +181,8 @@ def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor
 
 
 class GAN(GenerativeModel):
+    divergence_hint = "lower the learning rates (model.optimizer_d.lr, model.optimizer_g.lr) or change model.loss"
+
     def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, noise: str = "normal",
                  arch: str = "auto",
                  g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (256, 256, 256),
@@ -339,13 +341,6 @@ class GAN(GenerativeModel):
         scheds = scheds if isinstance(scheds, list) else [scheds]
         return [(s, interval) for s in scheds]
 
-    def _check_finite(self, name: str, loss: Tensor, batch_idx: int) -> None:
-        if not torch.isfinite(loss.detach()).item():
-            raise DgmrunError(
-                f"train/{name} is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); training stopped (checkpoints written before this step are intact). "
-                f"Lower the learning rates (model.optimizer_d.lr, model.optimizer_g.lr) or change model.loss.")
-
     @contextlib.contextmanager
     def _frozen(self, params: list[nn.Parameter]) -> Iterator[None]:
         if not self._single_process:  # DDP: every backward must reach every parameter
@@ -370,7 +365,7 @@ class GAN(GenerativeModel):
         g_turn = (self.global_step + 1) % (k + 1) == k  # after this D update, G's turn (see the module docstring)
 
         d_loss, logs = self.d_loss(x, y)
-        self._check_finite("d_loss", d_loss, batch_idx)
+        self.check_finite("train/d_loss", d_loss)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         log_now = self._logging_now()
@@ -386,7 +381,7 @@ class GAN(GenerativeModel):
         if g_turn:
             with self._frozen(self.d_parameters()):
                 g_loss, g_logs = self.g_loss(x, y)
-                self._check_finite("g_loss", g_loss, batch_idx)
+                self.check_finite("train/g_loss", g_loss)
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
             logs.update(g_logs)

@@ -146,6 +146,7 @@ class RBM(GenerativeModel):
             self.data_mean += (v.sum(0) - len(v) * self.data_mean) / n
             self.data_seen.copy_(n)
         loss, self.last_negative = self.cd_gradients(v)
+        self.check_finite("train/loss", loss)
         self.optimizers().step()
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.scheduler_settings["name"] == "cosine":  # per-step schedule

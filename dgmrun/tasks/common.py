@@ -130,7 +130,8 @@ def make_loggers(cfg: DictConfig, resumed: bool = False) -> list[Any]:
             continue_logs(logger)
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     except Exception as e:  # a logging service must never stop training
-        log.warning("logger %s failed to start (%s); continuing with CSV only", cfg.logger.get("_target_"), e)
+        reason = e.__cause__ or e  # what failed inside Hydra's "Error in call to target ..." wrapper
+        log.warning("logger %s failed to start (%s); continuing with CSV only", cfg.logger.get("_target_"), reason)
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(save_dir=str(run_dir(cfg)), name="csv", version="")

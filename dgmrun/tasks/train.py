@@ -7,9 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, Throughput
+from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, Throughput
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
@@ -45,8 +46,9 @@ def train(cfg: DictConfig) -> float | None:
     throughput = Throughput()
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
+    stop_on_signal = StopOnSignal(out / "checkpoints" / "last.ckpt")
     # best before last: the checkpoint callbacks save in this order, and last.ckpt must hold best's updated score.
-    callbacks = [*([best] if best else []), last, throughput, RNGState(),
+    callbacks = [*([best] if best else []), last, throughput, RNGState(), StopOnNonFinite(), stop_on_signal,
                  SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size,
                              cfg.sample.classes)]
     if cfg.eval.every_n_epochs > 0:
@@ -65,6 +67,8 @@ def train(cfg: DictConfig) -> float | None:
             metrics.update(collect_test_metrics(trainer, model, datamodule, cfg, results, scorer))
             metrics["test/checkpoint"] = "best" if use_best else "last"
         failed = False
+    except SIGTERMException:  # Lightning stopped at the end of a step for SIGTERM or Ctrl-C
+        raise stop_on_signal.stopped() from None
     finally:
         finish_loggers(loggers, failed)
     write_run_files(cfg, metrics)
