@@ -38,6 +38,21 @@ def make_optimizer(params: Any, settings: dict[str, Any], default_betas: Sequenc
                             weight_decay=weight_decay)
 
 
+def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_image: bool,
+                  generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The labels of n class-conditional samples: the given classes in turn; without them, for images one
+    row of 8 per class (class 0 in the first row, ...), for points random classes."""
+    if classes is not None:
+        classes = list(classes)
+        bad = [c for c in classes if not 0 <= c < num_classes]
+        if not classes or bad:
+            raise DgmrunError(f"sample.classes must be class indices in [0, {num_classes}), got {classes}")
+        return torch.tensor(classes, device=device)[torch.arange(n, device=device) % len(classes)]
+    if is_image:
+        return (torch.arange(n, device=device) // 8) % num_classes
+    return torch.randint(num_classes, (n,), generator=generator, device=device)
+
+
 class GenerativeModel(pl.LightningModule):
     def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None):

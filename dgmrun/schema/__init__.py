@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dgmrun.errors import DgmrunError
-from dgmrun.schema import gan, likelihood_models, vae
+from dgmrun.schema import diffusion, gan, likelihood_models, vae
 from dgmrun.schema.base import ModelConfig, require
 from dgmrun.schema.data import DATA_SCHEMAS
 
 # Every model family's schemas, by the ``_target_`` of its YAML; a new family adds its module here.
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {}
-for _family in (vae, likelihood_models, gan):
+for _family in (vae, likelihood_models, gan, diffusion):
     MODEL_SCHEMAS.update(_family.SCHEMAS)
 
 
