@@ -153,3 +153,14 @@ def test_unet_is_sized_from_the_image_and_returns_its_shape(side, levels):
     assert down == levels - 1
     x = torch.randn(2, 3, side, side)
     assert net(x, torch.tensor([0, 999])).shape == x.shape
+
+
+def test_monte_carlo_bound_is_unbiased_for_the_sum_of_all_terms():
+    model = tiny_ddpm(POINTS, num_timesteps=20)
+    x = torch.randn(4, 2)
+    exact = torch.stack([model.negative_bound(x, torch.Generator().manual_seed(s)) for s in range(20)]).mean(0)
+    model.eval_settings["bound_timesteps"] = 3
+    assert model.nll_estimator == "vlb-T20-mc3"
+    estimates = torch.stack([model.negative_bound(x, torch.Generator().manual_seed(100 + s)) for s in range(300)])
+    stderr = estimates.std(0) / 300 ** 0.5
+    assert ((estimates.mean(0) - exact).abs() < 4 * stderr + 0.05 * exact.abs().mean()).all()

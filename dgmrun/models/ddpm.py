@@ -37,10 +37,11 @@ SAMPLERS = ("ddpm", "ddim")
 
 def make_betas(schedule: str, num_timesteps: int) -> Tensor:
     """beta_1..beta_T in float64: ``linear`` from 1e-4 to 0.02 at T = 1000 (Ho et al.; scaled by 1000 / T
-    for other T, as Nichol & Dhariwal do), or ``cosine`` (Nichol & Dhariwal 2021, eq. 17, s = 0.008)."""
+    for other T, as Nichol & Dhariwal do), or ``cosine`` (Nichol & Dhariwal 2021, eq. 17, s = 0.008).
+    Both are capped at 0.999, so that abar_T > 0 even for a short chain."""
     if schedule == "linear":
         scale = 1000 / num_timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64).clamp(max=0.999)
     s = 0.008
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
@@ -268,8 +269,16 @@ class DDPM(GenerativeModel):
 
     # ------------------------------------------------------------------ the variational bound
     @property
+    def bound_timesteps(self) -> int:
+        """``eval.bound_timesteps``: 0 sums all T terms of the bound; K > 0 estimates the sum over t >= 1 from
+        K timesteps drawn uniformly per example (unbiased; L_T and L_0 always exactly)."""
+        k = int(self.eval_settings.get("bound_timesteps", 0))
+        return 0 if k >= self.diffusion.num_timesteps - 1 else k
+
+    @property
     def nll_estimator(self) -> str:
-        return f"vlb-T{self.diffusion.num_timesteps}"
+        T, k = self.diffusion.num_timesteps, self.bound_timesteps
+        return f"vlb-T{T}" if k == 0 else f"vlb-T{T}-mc{k}"
 
     def bound_terms(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-example term L_{t-1} of the bound in nats (t >= 1: a KL between Gaussians; t = 0: the decoder's
@@ -297,11 +306,19 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def negative_bound(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The whole bound L = L_T + sum_t L_{t-1}, every one of the T terms, per example (nats)."""
+        """The bound L = L_T + sum_t L_{t-1} per example (nats): every term, or the Monte Carlo estimate
+        L_T + L_0 + (T - 1) mean_k L_{t_k - 1} over ``bound_timesteps`` uniform t_k in 1..T-1."""
+        T, k = self.diffusion.num_timesteps, self.bound_timesteps
         total = self.prior_term(x)
         with self.averaged_weights():
-            for t in range(self.diffusion.num_timesteps):
-                total = total + self.bound_terms(x, torch.full((len(x),), t, device=x.device), generator)
+            if k == 0:
+                for t in range(T):
+                    total = total + self.bound_terms(x, torch.full((len(x),), t, device=x.device), generator)
+                return total
+            total = total + self.bound_terms(x, torch.zeros(len(x), dtype=torch.long, device=x.device), generator)
+            for _ in range(k):
+                t = torch.randint(1, T, (len(x),), device=x.device, generator=generator)
+                total = total + (T - 1) / k * self.bound_terms(x, t, generator)
         return total
 
     def log_likelihood(self, x: Tensor) -> Tensor:
