@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -54,6 +54,10 @@ def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_im
 
 
 class GenerativeModel(pl.LightningModule):
+    # Keys of the run's ``sample`` group that this model's ``sample`` takes as keyword options
+    # (DDPM: sampler, steps, eta, guidance); the tasks pass these and no others.
+    sampler_options: tuple[str, ...] = ()
+
     def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None):
         super().__init__()
@@ -81,18 +85,21 @@ class GenerativeModel(pl.LightningModule):
     def log_likelihood(self, x: Tensor) -> Tensor | None:
         return None
 
-    def sampler(self, classes: Sequence[int] | None = None) -> Callable[[int, torch.Generator | None], Tensor]:
-        """``sample`` for the grid and ``task=sample``: of the given classes (``sample.classes``) for a
-        class-conditional model, which takes them as ``sample(n, generator, classes=...)``."""
+    def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None
+                ) -> Callable[[int, torch.Generator | None], Tensor]:
+        """``sample`` for the grids, ``task=sample`` and the sample metrics: with this model's
+        ``sampler_options`` taken from ``settings`` (the run's ``sample`` group), and of the given classes
+        (``sample.classes``) for a class-conditional model, which takes them as ``sample(n, generator, classes=...)``."""
+        options = {key: settings[key] for key in self.sampler_options} if settings is not None else {}
         if classes is None:
-            return self.sample
+            return functools.partial(self.sample, **options) if options else self.sample
         if "classes" not in inspect.signature(self.sample).parameters:
             raise DgmrunError(f"sample.classes={list(classes)}: model {type(self).__name__} is not class-conditional")
         bad = [c for c in classes if not 0 <= c < self.data_info.num_classes]
         if bad:
             raise DgmrunError(f"sample.classes: {bad} not in 0..{self.data_info.num_classes - 1} "
                               f"(data {self.data_info.name} has {self.data_info.num_classes} classes)")
-        return functools.partial(self.sample, classes=list(classes))
+        return functools.partial(self.sample, classes=list(classes), **options)
 
     def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         """Per-example test metrics beyond NLL (e.g. the ELBO)."""

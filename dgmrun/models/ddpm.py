@@ -138,6 +138,8 @@ class GaussianDiffusion(nn.Module):
 
 
 class DDPM(GenerativeModel):
+    sampler_options = ("sampler", "steps", "eta", "guidance")
+
     def __init__(self, data_info: dict[str, Any], num_timesteps: int = 1000, schedule: str = "linear",
                  prediction: str = "eps", sigma: str = "posterior", base_channels: int = 64,
                  channel_mult: Sequence[int] | None = None, num_res_blocks: int = 2,

@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg.model, datamodule.info)
     model.eval_settings = dict(cfg.eval)
     model.run_record = run_record(cfg)
-    model.sampler(cfg.sample.classes)  # refuse sample.classes the model cannot honour before training
+    model.sampler(cfg.sample.classes, cfg.sample)  # refuse sample.classes the model cannot honour before training
 
     # last.ckpt by a monitor-free checkpoint of its own: Lightning's save_last only refreshes it in steps
     # where a top-k checkpoint is saved, which would leave it stale once val/loss stops improving.
@@ -44,8 +44,7 @@ def train(cfg: DictConfig) -> float | None:
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
     callbacks = [last, *([best] if best else []), throughput,
-                 SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size,
-                             cfg.sample.classes)]
+                 SampleGrids(out / "samples", cfg.sample)]
     if cfg.eval.every_n_epochs > 0:
         callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
     loggers = make_loggers(cfg)
