@@ -216,3 +216,29 @@ def test_ddpm_trains_under_ddp_cpu_and_samples_through_the_cli(tmp_path):
                      "sample.num=16", f"hydra.run.dir={tmp_path / 'sample'}", cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "sample" / "samples.npz").is_file()
+
+
+def test_warmup_schedule_rises_linearly_then_holds():
+    model = tiny_ddpm(scheduler={"name": "warmup", "warmup_steps": 4})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = model.make_scheduler(optimizer)["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("preset", ["ddpm_mnist", "ddpm_cifar10"])
+def test_presets_compose_validate_and_build(cfg_factory, preset, tmp_path):
+    from dgmrun.checkpoint import build_model
+    from dgmrun.data.info import DataInfo
+    from dgmrun.schema import validate
+
+    cfg = cfg_factory(f"experiment={preset}", f"data.root={tmp_path}")
+    validate(cfg)
+    shape = (1, 28, 28) if preset == "ddpm_mnist" else (3, 32, 32)
+    model = build_model(cfg.model, DataInfo(preset, shape, 10, 256))
+    millions = sum(p.numel() for p in model.net.parameters()) / 1e6
+    assert millions == pytest.approx(1.11 if preset == "ddpm_mnist" else 35.7, abs=0.05)  # the paper: 35.7M

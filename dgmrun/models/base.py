@@ -139,10 +139,15 @@ class GenerativeModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """``model.scheduler``: cosine decay over the whole run (per step), or step decay (per epoch)."""
+        """``model.scheduler``: cosine decay over the whole run (per step), linear warm-up over ``warmup_steps``
+        then constant (per step; DDPM's schedule), or step decay (per epoch)."""
         settings = self.scheduler_settings
         if settings is None:
             return None
+        if settings["name"] == "warmup":
+            steps = settings.get("warmup_steps", 5000)
+            warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
+            return {"scheduler": warmup, "interval": "step"}
         if settings["name"] == "cosine":
             total = max(1, int(self.trainer.estimated_stepping_batches))
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
