@@ -242,3 +242,14 @@ def test_presets_compose_validate_and_build(cfg_factory, preset, tmp_path):
     model = build_model(cfg.model, DataInfo(preset, shape, 10, 256))
     millions = sum(p.numel() for p in model.net.parameters()) / 1e6
     assert millions == pytest.approx(1.11 if preset == "ddpm_mnist" else 35.7, abs=0.05)  # the paper: 35.7M
+
+
+def test_sample_metrics_name_the_sampler_in_their_protocols():
+    from dgmrun.metrics.samples import with_sampler
+
+    model = tiny_ddpm()
+    settings = {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 1.0}
+    assert model.sampler_description(settings) == "ddim sampler, 10 steps, eta 0.0"
+    assert model.sampler_description({**settings, "sampler": "ddpm"}) == "ddpm sampler, 50 steps, sigma^2 beta~"
+    metrics = with_sampler({"test/fid": 3.0, "test/fid_protocol": "lenet"}, model.sampler_description(settings))
+    assert metrics == {"test/fid": 3.0, "test/fid_protocol": "lenet; ddim sampler, 10 steps, eta 0.0"}

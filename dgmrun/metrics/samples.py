@@ -343,14 +343,14 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
     Without a feature network for an image dataset the image metrics are skipped with one log line."""
     modes = getattr(datamodule, "modes", None)
     centers, std = modes() if modes is not None else (torch.empty(0, 2), 0.0)
+    settings = scorer.sample_cfg if scorer is not None else cfg.get("sample") if cfg is not None else None
     was_training = model.training
     model.eval()
     try:
         if len(centers) > 0:
             generator = torch.Generator(model.device).manual_seed(seed)
-            settings = scorer.sample_cfg if scorer is not None else cfg.get("sample") if cfg is not None else None
             samples = sample_in_batches(model.sampler(None, settings), num_samples, batch_size, generator)
-            return toy_metrics(samples, centers, std, prefix)
+            return with_sampler(toy_metrics(samples, centers, std, prefix), model.sampler_description(settings))
         if (cfg is None and scorer is None) or not datamodule.info.is_image:
             return {}
         scorer = scorer or SampleScorer(cfg, datamodule)
@@ -363,9 +363,17 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
         log.info("sample-quality metrics: drawing %d samples (eval.num_samples; eval.feature_network=none skips this)",
                  num_samples)
         generator = torch.Generator(model.device).manual_seed(seed)
-        return scorer.score(_model_batches(model, num_samples, batch_size, generator, scorer.sample_cfg), seed, prefix)
+        scores = scorer.score(_model_batches(model, num_samples, batch_size, generator, settings), seed, prefix)
+        return with_sampler(scores, model.sampler_description(settings))
     finally:
         model.train(was_training)
+
+
+def with_sampler(metrics: dict[str, Any], description: str | None) -> dict[str, Any]:
+    """The protocol strings with the sampler that drew the samples appended (where the model has options)."""
+    if description:
+        metrics = {k: f"{v}; {description}" if k.endswith("_protocol") else v for k, v in metrics.items()}
+    return metrics
 
 
 def toy_metrics(samples: Tensor, centers: Tensor, std: float, prefix: str = "test") -> dict[str, Any]:

@@ -101,6 +101,10 @@ class GenerativeModel(pl.LightningModule):
                               f"(data {self.data_info.name} has {self.data_info.num_classes} classes)")
         return functools.partial(self.sample, classes=list(classes), **options)
 
+    def sampler_description(self, settings: Mapping[str, Any] | None) -> str | None:
+        """How ``sampler(settings)`` draws, for the sample metrics' protocol strings (None: nothing to add)."""
+        return None
+
     def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         """Per-example test metrics beyond NLL (e.g. the ELBO)."""
         return {}

@@ -237,6 +237,16 @@ class DDPM(GenerativeModel):
             return list(range(T - 1, -1, -1))
         return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique().flip(0).tolist()
 
+    def sampler_description(self, settings: Any) -> str:
+        options = {key: settings[key] for key in self.sampler_options} if settings is not None else {}
+        sampler, steps = options.get("sampler", "ddpm"), options.get("steps")
+        visited = len(self.timesteps(sampler, steps))
+        text = f"{sampler} sampler, {visited} steps" + (f", eta {options.get('eta', 0.0)}" if sampler == "ddim" else
+                                                        f", sigma^2 {'beta~' if self.sigma == 'posterior' else 'beta'}")
+        if self.num_classes:
+            text += f", guidance {options.get('guidance', 1.0)}"
+        return text + (", EMA weights" if self.ema is not None else "")
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, classes: Sequence[int] | None = None,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, guidance: float = 1.0) -> Tensor:
