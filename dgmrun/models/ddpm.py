@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dgmrun.errors import DgmrunError
 from dgmrun.models.base import GenerativeModel, sample_labels
@@ -264,7 +265,9 @@ class DDPM(GenerativeModel):
         """From x at timesteps[0] down to x_0. One fresh N(0, I) draw per step into a step t > 0, for both
         samplers, so that they can be compared under one noise sequence."""
         d = self.diffusion
-        for i, t in enumerate(timesteps):
+        # Long chains (the 1,000 DDPM steps) get a progress bar on a terminal.
+        steps = tqdm(timesteps, desc=f"{sampler} sampling", leave=False, disable=len(timesteps) < 100 or None)
+        for i, t in enumerate(steps):
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
             x0, eps = self.denoise(x, tt, y, guidance)
