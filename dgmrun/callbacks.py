@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,19 @@ def log_image(logger: Any, key: str, array: Any, step: int) -> None:
 class SampleGrids(pl.Callback):
     """``samples/epoch_XXXX.png`` every ``every_n_epochs`` epochs, and at the end ``samples/final.png``
     plus the model's own figures (reconstructions, interpolations, ...). The same noise seed every
-    time, so the grids show one set of samples improving."""
+    time, so the grids show one set of samples improving. ``settings`` is the run's ``sample`` group."""
 
-    def __init__(self, dirpath: str | Path, num: int = 64, every_n_epochs: int = 5, seed: int = 0, batch_size: int = 256,
-                 classes: list[int] | None = None):
-        self.dirpath, self.num, self.every_n_epochs = Path(dirpath), num, every_n_epochs
-        self.seed, self.batch_size, self.classes = seed, batch_size, classes
+    def __init__(self, dirpath: str | Path, settings: Mapping[str, Any]):
+        self.dirpath, self.settings = Path(dirpath), settings
+        self.num, self.every_n_epochs = settings["num"], settings["every_n_epochs"]
+        self.seed, self.batch_size, self.classes = settings["seed"], settings["batch_size"], settings["classes"]
 
     def _samples(self, model: GenerativeModel) -> torch.Tensor:
         generator = torch.Generator(model.device).manual_seed(self.seed)
         was_training = model.training
         model.eval()
         try:
-            return sample_in_batches(model.sampler(self.classes), self.num, self.batch_size, generator)
+            return sample_in_batches(model.sampler(self.classes, self.settings), self.num, self.batch_size, generator)
         finally:
             model.train(was_training)
 

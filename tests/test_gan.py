@@ -118,6 +118,7 @@ def test_ema_average_and_swap_restore_around_sampling():
     with torch.no_grad():
         for p in model.generator.parameters():
             p.add_(1.0)
+    model.ema.num_updates.fill_(10**6)  # past the decay's warm-up (tested below)
     model.ema.update(model.generator)  # shadow = 0.5 old + 0.5 (old + 1) = old + 0.5
     trained = {k: v.clone() for k, v in model.generator.state_dict().items()}
     shadow_first = model.ema._shadows()[0]
@@ -133,6 +134,26 @@ def test_ema_average_and_swap_restore_around_sampling():
         assert torch.equal(v, trained[k]), k
     # and the samples differ from those of the trained weights
     assert not torch.allclose(samples, model.generator(z))
+
+
+def test_ema_decay_warms_up_and_old_checkpoints_count_as_warmed_up():
+    net = nn.Linear(1, 1, bias=False)
+    ema = EMA(net, 0.9)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        ema._shadows()[0].fill_(0.0)
+    expected = 0.0
+    for n in range(12):  # decay min(0.9, (1 + n) / (10 + n)): 0.1, 0.18, ..., then 0.9 from n = 80 on
+        with torch.no_grad():
+            net.weight.fill_(float(n + 1))
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * (n + 1)
+        ema.update(net)
+        assert ema._shadows()[0].item() == pytest.approx(expected, rel=1e-6)
+    old = {k: v for k, v in ema.state_dict().items() if k != "num_updates"}  # written before the warm-up existed
+    fresh = EMA(nn.Linear(1, 1, bias=False), 0.9)
+    fresh.load_state_dict(old)
+    assert fresh.current_decay() == 0.9
 
 
 def test_ema_restores_weights_after_an_error():

@@ -251,7 +251,7 @@ class SampleScorer:
     training, the ``eval.every_n_epochs`` callback, ``task=eval``)."""
 
     def __init__(self, cfg: Any, datamodule: Any, device: torch.device | str | None = None) -> None:
-        self.eval_cfg, self.data_cfg = cfg.eval, cfg.data
+        self.eval_cfg, self.data_cfg, self.sample_cfg = cfg.eval, cfg.data, cfg.get("sample")
         self.evaluators_dir = Path(os.path.expanduser(str(cfg.paths.evaluators_dir)))
         self.datamodule, self.device = datamodule, device
         self._network: FeatureNetwork | None = None
@@ -316,22 +316,22 @@ class SampleScorer:
         return score_features(stream, ref, network, self.eval_cfg, self.info.num_classes, seed, prefix)
 
 
-def _model_batches(model: Any, n: int, batch_size: int,
-                   generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None, Tensor | None]]:
+def _model_batches(model: Any, n: int, batch_size: int, generator: torch.Generator,
+                   settings: Any = None) -> Iterator[tuple[Tensor, Tensor | None, Tensor | None]]:
     """(samples, classes asked for, codes): a class-conditional model is asked for every class in turn; a
-    model with an unsupervised categorical code (``sample_by_code``) says which value drew each sample."""
+    model with an unsupervised categorical code (``sample_by_code``) says which value drew each sample.
+    ``settings`` (the run's ``sample`` group) gives the model's sampler options."""
     conditional = "classes" in inspect.signature(model.sample).parameters
     classes = list(range(model.data_info.num_classes)) if conditional else None
+    sample = model.sampler(classes, settings)
     by_code = getattr(model, "sample_by_code", None)
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         if by_code is not None:
             samples, codes = by_code(size, generator)
             yield samples, None, codes
-        elif classes is None:
-            yield model.sample(size, generator), None, None
-        else:  # the model cycles through the classes given: sample i has class i mod K
-            yield model.sample(size, generator, classes=classes), torch.arange(size) % len(classes), None
+        else:  # a conditional model cycles through the classes given: sample i has class i mod K
+            yield sample(size, generator), None if classes is None else torch.arange(size) % len(classes), None
 
 
 @torch.no_grad()
@@ -343,13 +343,14 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
     Without a feature network for an image dataset the image metrics are skipped with one log line."""
     modes = getattr(datamodule, "modes", None)
     centers, std = modes() if modes is not None else (torch.empty(0, 2), 0.0)
+    settings = scorer.sample_cfg if scorer is not None else cfg.get("sample") if cfg is not None else None
     was_training = model.training
     model.eval()
     try:
         if len(centers) > 0:
             generator = torch.Generator(model.device).manual_seed(seed)
-            samples = sample_in_batches(model.sample, num_samples, batch_size, generator)
-            return toy_metrics(samples, centers, std, prefix)
+            samples = sample_in_batches(model.sampler(None, settings), num_samples, batch_size, generator)
+            return with_sampler(toy_metrics(samples, centers, std, prefix), model.sampler_description(settings))
         if (cfg is None and scorer is None) or not datamodule.info.is_image:
             return {}
         scorer = scorer or SampleScorer(cfg, datamodule)
@@ -362,9 +363,17 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
         log.info("sample-quality metrics: drawing %d samples (eval.num_samples; eval.feature_network=none skips this)",
                  num_samples)
         generator = torch.Generator(model.device).manual_seed(seed)
-        return scorer.score(_model_batches(model, num_samples, batch_size, generator), seed, prefix)
+        scores = scorer.score(_model_batches(model, num_samples, batch_size, generator, settings), seed, prefix)
+        return with_sampler(scores, model.sampler_description(settings))
     finally:
         model.train(was_training)
+
+
+def with_sampler(metrics: dict[str, Any], description: str | None) -> dict[str, Any]:
+    """The protocol strings with the sampler that drew the samples appended (where the model has options)."""
+    if description:
+        metrics = {k: f"{v}; {description}" if k.endswith("_protocol") else v for k, v in metrics.items()}
+    return metrics
 
 
 def toy_metrics(samples: Tensor, centers: Tensor, std: float, prefix: str = "test") -> dict[str, Any]:

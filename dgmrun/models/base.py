@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,7 +39,26 @@ def make_optimizer(params: Any, settings: dict[str, Any], default_betas: Sequenc
                             weight_decay=weight_decay)
 
 
+def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_image: bool,
+                  generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The labels of n class-conditional samples: the given classes in turn; without them, for images one
+    row of 8 per class (class 0 in the first row, ...), for points random classes."""
+    if classes is not None:
+        classes = list(classes)
+        bad = [c for c in classes if not 0 <= c < num_classes]
+        if not classes or bad:
+            raise DgmrunError(f"sample.classes must be class indices in [0, {num_classes}), got {classes}")
+        return torch.tensor(classes, device=device)[torch.arange(n, device=device) % len(classes)]
+    if is_image:
+        return (torch.arange(n, device=device) // 8) % num_classes
+    return torch.randint(num_classes, (n,), generator=generator, device=device)
+
+
 class GenerativeModel(pl.LightningModule):
+    # Keys of the run's ``sample`` group that this model's ``sample`` takes as keyword options
+    # (DDPM: sampler, steps, eta, guidance); the tasks pass these and no others.
+    sampler_options: tuple[str, ...] = ()
+
     def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None):
         super().__init__()
@@ -70,18 +89,25 @@ class GenerativeModel(pl.LightningModule):
     def log_likelihood(self, x: Tensor) -> Tensor | None:
         return None
 
-    def sampler(self, classes: Sequence[int] | None = None) -> Callable[[int, torch.Generator | None], Tensor]:
-        """``sample`` for the grid and ``task=sample``: of the given classes (``sample.classes``) for a
-        class-conditional model, which takes them as ``sample(n, generator, classes=...)``."""
+    def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None
+                ) -> Callable[[int, torch.Generator | None], Tensor]:
+        """``sample`` for the grids, ``task=sample`` and the sample metrics: with this model's
+        ``sampler_options`` taken from ``settings`` (the run's ``sample`` group), and of the given classes
+        (``sample.classes``) for a class-conditional model, which takes them as ``sample(n, generator, classes=...)``."""
+        options = {key: settings[key] for key in self.sampler_options} if settings is not None else {}
         if classes is None:
-            return self.sample
+            return functools.partial(self.sample, **options) if options else self.sample
         if "classes" not in inspect.signature(self.sample).parameters:
             raise DgmrunError(f"sample.classes={list(classes)}: model {type(self).__name__} is not class-conditional")
         bad = [c for c in classes if not 0 <= c < self.data_info.num_classes]
         if bad:
             raise DgmrunError(f"sample.classes: {bad} not in 0..{self.data_info.num_classes - 1} "
                               f"(data {self.data_info.name} has {self.data_info.num_classes} classes)")
-        return functools.partial(self.sample, classes=list(classes))
+        return functools.partial(self.sample, classes=list(classes), **options)
+
+    def sampler_description(self, settings: Mapping[str, Any] | None) -> str | None:
+        """How ``sampler(settings)`` draws, for the sample metrics' protocol strings (None: nothing to add)."""
+        return None
 
     def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         """Per-example test metrics beyond NLL (e.g. the ELBO)."""
@@ -146,10 +172,15 @@ class GenerativeModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """``model.scheduler``: cosine decay over the whole run (per step), or step decay (per epoch)."""
+        """``model.scheduler``: cosine decay over the whole run (per step), linear warm-up over ``warmup_steps``
+        then constant (per step; DDPM's schedule), or step decay (per epoch)."""
         settings = self.scheduler_settings
         if settings is None:
             return None
+        if settings["name"] == "warmup":
+            steps = settings.get("warmup_steps", 5000)
+            warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
+            return {"scheduler": warmup, "interval": "step"}
         if settings["name"] == "cosine":
             total = max(1, int(self.trainer.estimated_stepping_batches))
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.errors import DgmrunError
+from dgmrun.models.base import sample_labels
 from dgmrun.models.gan import GAN
 from dgmrun.nets.gan_blocks import pack_samples
 
@@ -56,16 +57,7 @@ class _Conditional(GAN):
         return self._sample(n, generator, classes)
 
     def sample_labels(self, n: int, generator: torch.Generator | None, classes: Sequence[int] | None) -> Tensor:
-        k = self.num_classes
-        if classes is not None:
-            classes = list(classes)
-            bad = [c for c in classes if not 0 <= c < k]
-            if not classes or bad:
-                raise DgmrunError(f"sample.classes must be class indices in [0, {k}), got {classes}")
-            return torch.tensor(classes, device=self.device)[torch.arange(n, device=self.device) % len(classes)]
-        if self.data_info.is_image:  # one row of 8 per class
-            return (torch.arange(n, device=self.device) // 8) % k
-        return torch.randint(k, (n,), generator=generator, device=self.device)
+        return sample_labels(n, self.num_classes, classes, self.data_info.is_image, generator, self.device)
 
 
 class CGAN(_Conditional):

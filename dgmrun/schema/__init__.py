@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dgmrun.errors import DgmrunError
-from dgmrun.schema import gan, likelihood_models, vae
+from dgmrun.schema import diffusion, gan, likelihood_models, vae
 from dgmrun.schema.base import ModelConfig, require
 from dgmrun.schema.data import DATA_SCHEMAS
 
 # Every model family's schemas, by the ``_target_`` of its YAML; a new family adds its module here.
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {}
-for _family in (vae, likelihood_models, gan):
+for _family in (vae, likelihood_models, gan, diffusion):
     MODEL_SCHEMAS.update(_family.SCHEMAS)
 
 
@@ -35,9 +35,18 @@ class SampleConfig:
     every_n_epochs: int = 5
     batch_size: int = 256
     classes: Optional[list[int]] = None
+    # Options of models that take them (``sampler_options``; DDPM):
+    sampler: str = "ddpm"
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 1.0
 
     def check(self) -> None:
         require(self.num > 0, f"sample.num must be > 0, got {self.num}")
+        require(self.sampler in ("ddpm", "ddim"), f"sample.sampler must be one of ddpm, ddim, got {self.sampler!r}")
+        require(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
+        require(0 <= self.eta <= 1, f"sample.eta must be in [0, 1], got {self.eta}")
+        require(self.guidance >= 0, f"sample.guidance must be >= 0, got {self.guidance}")
         require(self.classes is None or (len(self.classes) > 0 and all(c >= 0 for c in self.classes)),
                  f"sample.classes must be a non-empty list of class indices or null, got {self.classes}")
         require(self.every_n_epochs >= 0, f"sample.every_n_epochs must be >= 0, got {self.every_n_epochs}")
@@ -51,6 +60,7 @@ class EvalConfig:
     num_samples: int = 2500
     ais_chains: int = 100
     ais_betas: int = 1000
+    bound_timesteps: int = 0
     # sample-quality metrics (dgmrun.metrics.samples)
     feature_network: str = "auto"
     inception_weights: Optional[str] = None
@@ -74,6 +84,7 @@ class EvalConfig:
             require(getattr(self, key) >= 0, f"eval.{key} must be >= 0, got {getattr(self, key)}")
         require(self.ais_chains > 0, f"eval.ais_chains must be > 0, got {self.ais_chains}")
         require(self.ais_betas > 0, f"eval.ais_betas must be > 0, got {self.ais_betas}")
+        require(self.bound_timesteps >= 0, f"eval.bound_timesteps must be >= 0, got {self.bound_timesteps}")
         require(self.num_importance_samples > 0,
                  f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
         require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")

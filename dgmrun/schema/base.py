@@ -38,7 +38,7 @@ class OptimizerConfig:
         require(self.weight_decay >= 0, f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
 
 
-SCHEDULERS = ("cosine", "step")
+SCHEDULERS = ("cosine", "step", "warmup")
 
 
 def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
@@ -46,6 +46,9 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
         return
     require("name" in scheduler, f"model.scheduler needs a name ({', '.join(SCHEDULERS)}), got {scheduler}")
     one_of("model.scheduler.name", scheduler["name"], SCHEDULERS)
+    if scheduler["name"] == "warmup":
+        steps = scheduler.get("warmup_steps", 5000)
+        require(isinstance(steps, int) and steps >= 1, f"model.scheduler.warmup_steps must be an integer >= 1, got {steps!r}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ def sample(cfg: DictConfig) -> None:
     device = pick_device(cfg)
     model = load_model(cfg.ckpt_path, map_location=device, model_overrides=dict(cfg.model))
     generator = torch.Generator(device).manual_seed(cfg.sample.seed)
-    samples = sample_in_batches(model.sampler(cfg.sample.classes), cfg.sample.num, cfg.sample.batch_size, generator)
+    samples = sample_in_batches(model.sampler(cfg.sample.classes, cfg.sample), cfg.sample.num, cfg.sample.batch_size, generator)
     out = run_dir(cfg)
     save_samples_npz(out / "samples.npz", samples)
     save_png(out / "samples.png", picture(samples))

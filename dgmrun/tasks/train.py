@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg.model, datamodule.info)
     model.eval_settings = dict(cfg.eval)
     model.run_record = run_record(cfg)
-    model.sampler(cfg.sample.classes)  # refuse sample.classes the model cannot honour before training
+    model.sampler(cfg.sample.classes, cfg.sample)  # refuse sample.classes the model cannot honour before training
 
     # last.ckpt by a monitor-free checkpoint of its own: Lightning's save_last only refreshes it in steps
     # where a top-k checkpoint is saved, which would leave it stale once val/loss stops improving.
@@ -49,8 +49,7 @@ def train(cfg: DictConfig) -> float | None:
     stop_on_signal = StopOnSignal(out / "checkpoints" / "last.ckpt")
     # best before last: the checkpoint callbacks save in this order, and last.ckpt must hold best's updated score.
     callbacks = [*([best] if best else []), last, throughput, RNGState(), StopOnNonFinite(), stop_on_signal,
-                 SampleGrids(out / "samples", cfg.sample.num, cfg.sample.every_n_epochs, cfg.sample.seed, cfg.sample.batch_size,
-                             cfg.sample.classes)]
+                 SampleGrids(out / "samples", cfg.sample)]
     if cfg.eval.every_n_epochs > 0:
         callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
     loggers = make_loggers(cfg, resumed=resumed_in_place(cfg))
