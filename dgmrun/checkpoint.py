@@ -109,14 +109,22 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu",
                model_overrides: dict[str, Any] | None = None) -> GenerativeModel:
     """Rebuild the model of a checkpoint, in eval mode, with its trained weights."""
     checkpoint = read_checkpoint(path, map_location)
+    return model_from_checkpoint(checkpoint, path, model_overrides).to(map_location).eval()
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike,
+                          model_overrides: dict[str, Any] | DictConfig | None = None) -> GenerativeModel:
+    """The model of a checkpoint read by ``read_checkpoint``, with its weights; refuses overrides that
+    change the shape of any weight."""
     record = checkpoint["dgmrun"]
     model_cfg = OmegaConf.merge(record["config"]["model"], model_overrides or {})
     info = DataInfo.from_dict(checkpoint["hyper_parameters"]["data_info"])
     model = build_model(model_cfg, info)
     try:
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch lists every misfit after a header line; the first says enough
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise DgmrunError(f"the weights in {path} do not fit the model built from its config "
-                          f"(did an override change the architecture?): {str(e).splitlines()[0]}") from None
+                          f"(did an override change the architecture?): {lines[min(1, len(lines) - 1)]}") from None
     model.run_record = record
-    return model.to(map_location).eval()
+    return model

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import dgmrun
-from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, read_checkpoint
+from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.io import write_json
@@ -77,6 +77,8 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
     merged = merge_with_checkpoint(cfg, checkpoint["dgmrun"]["config"], command_line_overrides())
     data_info = checkpoint.get("hyper_parameters", {}).get("data_info")
     validate(merged, checkpoint_merged=True, trained_on=DataInfo.from_dict(data_info) if data_info else None)
+    if merged.task.name == "train":  # resuming: the weights must fit before Lightning loads them, with a traceback
+        model_from_checkpoint(checkpoint, merged.ckpt_path, merged.model)
     return merged, checkpoint
 
 
