@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig
@@ -54,12 +54,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
         check_accelerator(cfg)
         return task(cfg)
     except (DgmrunError, InstantiationException) as error:
-        if not isinstance(error, DgmrunError) and not isinstance(error.__cause__, DgmrunError):
+        bad_input = error if isinstance(error, DgmrunError) else error.__cause__
+        if not isinstance(bad_input, DgmrunError):
             raise  # a bug while building an object, not bad input: Hydra reports it as usual
-        print(f"dgmrun: error: {user_error(error)}", file=sys.stderr)
+        print(f"dgmrun: error: {bad_input}", file=sys.stderr)
         remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records this job as failed and goes on with the others
+            raise bad_input from None  # the sweeper records this job as failed and goes on with the others
         sys.exit(1)
 
 
@@ -99,7 +100,8 @@ def unknown_key_message(full_key: str, key: str, parent: Any) -> str:
 def remove_if_only_hydra_files(run_dir: Path) -> None:
     """Remove a run (or sweep) dir that holds nothing but what Hydra wrote before the task ran
     (``.hydra/``, an empty log, ``multirun.yaml``), and its parents left empty below the working directory."""
-    if not run_dir.is_dir():
+    cwd = Path.cwd()
+    if not run_dir.is_dir() or run_dir == cwd or run_dir in cwd.parents:
         return
     for entry in run_dir.iterdir():
         hydra_files = entry.name == ".hydra" and entry.is_dir() and all(f.is_file() for f in entry.iterdir())
@@ -112,7 +114,7 @@ def remove_if_only_hydra_files(run_dir: Path) -> None:
 
 def _remove_empty_parents(path: Path) -> None:
     cwd = Path.cwd()
-    for parent in path.parents:
+    for parent in path.parents:  # outputs/train/DATE/ of a removed outputs/train/DATE/TIME/
         if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
             return
         parent.rmdir()
