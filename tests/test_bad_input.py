@@ -91,9 +91,15 @@ def test_gpu_trainer_without_a_gpu(tmp_path):
 
 
 def test_dgmrun_error_inside_a_target_is_shown_as_is(tmp_path):
-    """The image folder's reader refuses a missing folder while Hydra instantiates it."""
-    refusal(run_dgmrun("data=image_folder", f"data.root={tmp_path / 'no_images'}", "trainer=debug",
-                       cwd=tmp_path, timeout=120), str(tmp_path / "no_images"), "does not exist")
+    """A user's own data module (a ``_target_`` dgmrun does not check) refusing its settings while Hydra
+    instantiates it: its own message, not Hydra's "Error in call to target"."""
+    (tmp_path / "my_data.py").write_text(
+        "from dgmrun.errors import DgmrunError\n\n\n"
+        "def refuse(**settings):\n"
+        "    raise DgmrunError(f\"my_data cannot use batch_size={settings['batch_size']}\")\n")
+    out = run_dgmrun("data=toy2d", "data._target_=my_data.refuse", "data.batch_size=7", cwd=tmp_path, timeout=120,
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))})
+    assert refusal(out) == "dgmrun: error: my_data cannot use batch_size=7"
     assert_no_run_dir(tmp_path)
 
 
