@@ -8,6 +8,8 @@ run config>, "version": ..., "provenance": {...}}``, so ``task=sample``, ``task=
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from typing import Any
 
 import torch
@@ -42,13 +44,31 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """Load a dgmrun checkpoint with ``weights_only=True`` (no arbitrary code runs on load)."""
     p = resolve_ckpt_path(path)
     try:
-        checkpoint = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt, or not a torch file at all
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DgmrunError(f"cannot read checkpoint {p}: {reason}") from None
+        raise DgmrunError(f"cannot read checkpoint {p}: {_unreadable_reason(e)}") from None
     if not isinstance(checkpoint, dict) or "config" not in checkpoint.get("dgmrun", {}):
         raise DgmrunError(f"{p} is not a dgmrun checkpoint (it carries no dgmrun run config)")
     return checkpoint
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """Why torch could not load a file, without torch's advice to load it with ``weights_only=False``
+    (which would let the file run code)."""
+    if isinstance(error, pickle.UnpicklingError):
+        return ("not a dgmrun checkpoint, or corrupt: it holds something other than tensors and plain "
+                "values, which dgmrun never loads")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "weights_only" in first:
+        first = type(error).__name__
+    return f"not a dgmrun checkpoint, or truncated or corrupt ({first})"
+
+
+def describe_model(target: str) -> str:
+    """``VAE (dgmrun.models.vae.VAE)``"""
+    return f"{target.rsplit('.', 1)[-1]} ({target})"
 
 
 def build_model(model_cfg: dict[str, Any] | DictConfig, info: DataInfo) -> GenerativeModel:
@@ -67,14 +87,25 @@ def build_model(model_cfg: dict[str, Any] | DictConfig, info: DataInfo) -> Gener
 def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: list[str]) -> DictConfig:
     """The checkpoint's model and data settings, with this command line's changes on top.
 
-    A group chosen anew on the command line (``data=mnist``) replaces the stored one; a key set on
-    it (``data.root=...``) changes the stored value. ``task=train`` (resuming) also keeps the stored
-    budget (``BUDGET_KEYS``) of each key not set on the command line (``trainer.max_epochs=20``).
+    A checkpoint fixes its model: ``model=...`` on the command line must name a model of the same
+    class (its settings are then the checkpoint's), and another class is refused. A data group chosen
+    anew (``data=mnist``) replaces the stored one (``validate`` then checks its shape against the
+    checkpoint's). A key set on either group (``model.beta=2``, ``data.root=...``) changes the stored value.
+    ``task=train`` (resuming) also keeps the stored budget (``BUDGET_KEYS``) of each key not set on the
+    command line (``trainer.max_epochs=20``).
     """
     parsed = OverridesParser.create().parse_overrides(overrides)
     merged = cfg.copy()
     for group in CHECKPOINT_GROUPS:
-        if any(o.key_or_group == group for o in parsed):
+        chosen = next((o for o in parsed if o.key_or_group == group), None)
+        if chosen is not None and group == "model":
+            stored_target, target = stored["model"].get("_target_"), cfg.model.get("_target_")
+            if target != stored_target:
+                raise DgmrunError(
+                    f"ckpt_path={cfg.ckpt_path} is a checkpoint of model {describe_model(str(stored_target))}, "
+                    f"but model={chosen.value()} ({target}) was asked for; drop model={chosen.value()} to use "
+                    "the checkpoint's model")
+        elif chosen is not None:
             continue
         node = OmegaConf.create(stored[group])
         for o in parsed:
@@ -95,14 +126,22 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu",
                model_overrides: dict[str, Any] | None = None) -> GenerativeModel:
     """Rebuild the model of a checkpoint, in eval mode, with its trained weights."""
     checkpoint = read_checkpoint(path, map_location)
+    return model_from_checkpoint(checkpoint, path, model_overrides).to(map_location).eval()
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike,
+                          model_overrides: dict[str, Any] | DictConfig | None = None) -> GenerativeModel:
+    """The model of a checkpoint read by ``read_checkpoint``, with its weights; refuses overrides that
+    change the shape of any weight."""
     record = checkpoint["dgmrun"]
     model_cfg = OmegaConf.merge(record["config"]["model"], model_overrides or {})
     info = DataInfo.from_dict(checkpoint["hyper_parameters"]["data_info"])
     model = build_model(model_cfg, info)
     try:
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch lists every misfit after a header line; the first says enough
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise DgmrunError(f"the weights in {path} do not fit the model built from its config "
-                          f"(did an override change the architecture?): {str(e).splitlines()[0]}") from None
+                          f"(did an override change the architecture?): {lines[min(1, len(lines) - 1)]}") from None
     model.run_record = record
-    return model.to(map_location).eval()
+    return model

@@ -6,7 +6,10 @@ Start-up stays light: composing and checking the config needs only Hydra and Ome
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import shutil
 import sys
 import tempfile
 from importlib.resources import files
@@ -15,25 +18,52 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from dgmrun import signals
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import validate
 
 
+# Set while Hydra composes the config, so that its errors reach main() instead of its own report
+# (which advises `+key=value` for a misspelled key); unset once the task runs (see _hydra_main).
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_raising_hydra_errors = False
+
+
+class SweepDirRecorder(Callback):
+    """Notes a multirun's sweep dir (conf/hydra/default.yaml), for main() to remove it if bad input left
+    nothing in it but Hydra's multirun.yaml."""
+
+    sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepDirRecorder.sweep_dir = Path(config.hydra.sweep.dir).absolute()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://dgmrun.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> Any:
+    _report_task_errors_as_hydra_does()
     try:
         validate(cfg)
-        return get_method(cfg.task._target_)(cfg)
-    except DgmrunError as error:
-        print(f"dgmrun: error: {error}", file=sys.stderr)
+        task = get_method(cfg.task._target_)  # imports torch: the config is valid
+        from dgmrun.tasks.common import check_accelerator
+
+        check_accelerator(cfg)
+        return task(cfg)
+    except (DgmrunError, InstantiationException) as error:
+        bad_input = error if isinstance(error, DgmrunError) else error.__cause__
+        if not isinstance(bad_input, DgmrunError):
+            raise  # a bug while building an object, not bad input: Hydra reports it as usual
+        print(f"dgmrun: error: {bad_input}", file=sys.stderr)
+        remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records this job as failed and goes on with the others
+            raise bad_input from None  # the sweeper records this job as failed and goes on with the others
         sys.exit(1)
     except OSError as error:  # a write not of the run's own files (a logger's, say) on a full or read-only disk
         print(f"dgmrun: error: cannot write {error.filename or 'the run files'}: {error.strerror or error}",
@@ -80,6 +110,62 @@ class CheckRunDir(Callback):
             sys.exit(1)
 
 
+def _report_task_errors_as_hydra_does() -> None:
+    global _raising_hydra_errors
+    if _raising_hydra_errors:
+        os.environ.pop(FULL_ERROR, None)
+        _raising_hydra_errors = False
+
+
+def user_error(error: HydraException) -> str:
+    """One line for the user: dgmrun's own message (also when raised inside a ``_target_``), or Hydra's
+    composition error re-worded."""
+    cause = error.__cause__
+    if isinstance(error, DgmrunError) or isinstance(cause, DgmrunError):
+        return str(error if isinstance(error, DgmrunError) else cause)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        return unknown_key_message(str(cause.full_key), str(cause.key), cause.parent_node)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        close = difflib.get_close_matches(option, error.options, n=3)
+        hint = f"; did you mean {' or '.join(f'{group}={c}' for c in close)}?" if close else ""
+        return f"{group}={option}: no such option{hint} ({group} options: {', '.join(error.options)})"
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def unknown_key_message(full_key: str, key: str, parent: Any) -> str:
+    """``model.latnt_dim``: no such key, with the closest keys of the same node."""
+    prefix = full_key[: -len(key)].rstrip(".")
+    names = sorted(str(k) for k in parent.keys()) if isinstance(parent, DictConfig) else []
+    names = [n for n in names if not n.startswith("_") and (prefix or n != "hydra")]
+    close = [f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(key, names, n=3)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown key {full_key}{hint} ({prefix or 'the top level'} takes: {', '.join(names)})"
+
+
+def remove_if_only_hydra_files(run_dir: Path) -> None:
+    """Remove a run (or sweep) dir that holds nothing but what Hydra wrote before the task ran
+    (``.hydra/``, an empty log, ``multirun.yaml``), and its parents left empty below the working directory."""
+    cwd = Path.cwd()
+    if not run_dir.is_dir() or run_dir == cwd or run_dir in cwd.parents:
+        return
+    for entry in run_dir.iterdir():
+        hydra_files = entry.name == ".hydra" and entry.is_dir() and all(f.is_file() for f in entry.iterdir())
+        empty_log = entry.suffix == ".log" and entry.is_file() and entry.stat().st_size == 0
+        if not (hydra_files or empty_log or entry.name == "multirun.yaml" and entry.is_file()):
+            return
+    shutil.rmtree(run_dir)
+    _remove_empty_parents(run_dir)
+
+
+def _remove_empty_parents(path: Path) -> None:
+    cwd = Path.cwd()
+    for parent in path.parents:  # outputs/train/DATE/ of a removed outputs/train/DATE/TIME/
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            return
+        parent.rmdir()
+
+
 HELP = """dgmrun: train, sample and evaluate deep generative models.
 
 Usage:  dgmrun [group=option ...] [key=value ...]      one run
@@ -117,10 +203,23 @@ def main() -> None:
         return
     signals.install()
     logging.raiseExceptions = False  # a log file on a full disk: no traceback for every line logged
+    global _raising_hydra_errors
+    if os.environ.get(FULL_ERROR) == "1":  # the user asked for Hydra's full tracebacks
+        _hydra_main()
+        return
+    os.environ[FULL_ERROR] = "1"
+    _raising_hydra_errors = True
     try:
         _hydra_main()
+    except HydraException as error:  # bad overrides (or, from a joblib sweep, a job's DgmrunError)
+        print(f"dgmrun: error: {user_error(error)}", file=sys.stderr)
+        sys.exit(1)
     except signals.Stopped as stop:  # while Hydra starts up or winds down
         _exit_stopped(stop)
+    finally:
+        _report_task_errors_as_hydra_does()
+        if SweepDirRecorder.sweep_dir is not None:  # a sweep whose every job was refused
+            remove_if_only_hydra_files(SweepDirRecorder.sweep_dir)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,28 @@ def test_binarize_auto_waits_for_the_checkpoints_model(cfg_factory, tmp_path):
     merged = merge_with_checkpoint(cfg, stored, ["task=eval", "data=mnist", f"ckpt_path={ckpt}"])
     validate(merged, checkpoint_merged=True)
     assert merged.data.name == "mnist" and merged.data.binarize == "none"
+
+
+def test_a_checkpoint_fixes_its_model(cfg_factory, tmp_path):
+    """``model=`` with a checkpoint: the same class keeps the checkpoint's settings (command-line keys on
+    top), another class is refused by name; ``data=`` replaces the stored data, whose shape must fit."""
+    from dgmrun.checkpoint import merge_with_checkpoint
+    from dgmrun.data.info import DataInfo
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    stored_cfg = cfg_factory("model.latent_dim=7")
+    stored = {"model": dict(stored_cfg.model), "data": dict(stored_cfg.data)}
+
+    def merge(*overrides: str):
+        args = ["task=eval", f"ckpt_path={ckpt}", *overrides]
+        return merge_with_checkpoint(cfg_factory(*args), stored, args)
+
+    same = merge("model=beta_vae", "model.beta=2")
+    assert (same.model.latent_dim, same.model.beta, same.model.kl_warmup_steps) == (7, 2.0, 0)
+    with pytest.raises(DgmrunError, match=r"checkpoint of model VAE \(dgmrun.models.vae.VAE\), but model=gan"):
+        merge("model=gan")
+    trained_on = DataInfo("digits", (1, 8, 8))
+    validate(merge("data=digits", "data.test_fraction=0.3"), checkpoint_merged=True, trained_on=trained_on)
+    with pytest.raises(DgmrunError, match=r"digits of shape \(1, 8, 8\), but data=cifar10 gives \(3, 32, 32\)"):
+        validate(merge("data=cifar10"), checkpoint_merged=True, trained_on=trained_on)

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import diffusion, gan, likelihood_models, vae
 from dgmrun.schema.base import ModelConfig, require
@@ -184,13 +185,16 @@ def resolve_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def validate(cfg: DictConfig, checkpoint_merged: bool = False) -> None:
+def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optional[DataInfo] = None) -> None:
     """Check types and values of every group, and that the model can take the data.
 
     With a ``ckpt_path`` the model is the checkpoint's, known only once the checkpoint is read: the
     model-data checks (and ``data.binarize=auto``) wait for the second call, on the merged config
-    (``checkpoint_merged=True``).
+    (``checkpoint_merged=True``), where ``trained_on`` (the checkpoint's data) must have the data's shape.
     """
+    # Top-level keys first: group keys interpolate them (data.seed: ${seed}), and a bad value is the
+    # user's seed=..., not data.seed.
+    require(isinstance(cfg.seed, int), f"seed={cfg.seed!r} has the wrong type: expected int")
     model_schema = MODEL_SCHEMAS.get(cfg.model.get("_target_", ""))
     data_schema = DATA_SCHEMAS.get(cfg.data.get("_target_", ""))
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
@@ -198,7 +202,6 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False) -> None:
     _check_node(cfg.sample, SampleConfig, "sample")
     _check_node(cfg.eval, EvalConfig, "eval")
     _check_node(cfg.trainer, TrainerConfig, "trainer", allow_extra=True)
-    require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     scoring_files = cfg.task.name == "eval" and cfg.ckpt_path is None  # eval.samples: no model is involved
     model_known = (cfg.ckpt_path is None or checkpoint_merged) and not scoring_files
     if (model_known or scoring_files) and cfg.data.get("binarize") == "auto":  # the loaders never see auto
@@ -207,6 +210,11 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False) -> None:
             data.binarize = cfg.data.binarize
     if model is not None and data is not None and model_known:
         model.check_data(data.info())
+    if trained_on is not None and data is not None:
+        shape = tuple(data.info().shape)
+        require(shape == tuple(trained_on.shape),
+                f"ckpt_path={cfg.ckpt_path} was trained on {trained_on.name} of shape {tuple(trained_on.shape)}, but "
+                f"data={cfg.data.name} gives {shape}; use data of the checkpoint's shape")
     if model is not None and model.manual_optimization:
         require(cfg.trainer.get("gradient_clip_val") is None,
                 f"trainer.gradient_clip_val: {cfg.model._target_.rsplit('.', 1)[-1]} steps its optimizers itself, and "

@@ -16,13 +16,15 @@ import lightning
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import dgmrun
-from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, read_checkpoint
+from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
+from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.io import write_json
 from dgmrun.loggers import continue_logs, flatten
@@ -76,8 +78,10 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["dgmrun"]["config"]
     merged = merge_with_checkpoint(cfg, stored, command_line_overrides())
-    validate(merged, checkpoint_merged=True)
-    if merged.task.name == "train":
+    data_info = checkpoint.get("hyper_parameters", {}).get("data_info")
+    validate(merged, checkpoint_merged=True, trained_on=DataInfo.from_dict(data_info) if data_info else None)
+    if merged.task.name == "train":  # resuming: the weights must fit before Lightning loads them, with a traceback
+        model_from_checkpoint(checkpoint, merged.ckpt_path, merged.model)
         continue_run(merged, stored)
     return merged, checkpoint
 
@@ -161,6 +165,14 @@ def _share_cpu_threads(processes: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the ranks Lightning starts
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse a GPU run on a machine without one, before anything is built or written."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DgmrunError(f"trainer.accelerator={accelerator}: no GPU is visible to torch on this machine "
+                          "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default")
+
+
 def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], **overrides: Any) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(overrides)
@@ -171,8 +183,9 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[An
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                            default_root_dir=str(run_dir(cfg)), plugins=[AtomicCheckpointIO()])
-    except (ValueError, TypeError, RuntimeError) as e:  # Lightning's word on impossible trainer settings
-        raise DgmrunError(f"trainer settings rejected by Lightning: {e}") from None
+    except InstantiationException as e:  # Lightning's word on impossible trainer settings
+        reason = str(e.__cause__ or e).strip().splitlines()[0]
+        raise DgmrunError(f"trainer settings rejected by Lightning: {reason}") from None
 
 
 def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: DictConfig, results: list[dict[str, Any]],

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dgmrun.checkpoint import load_model
+from dgmrun.checkpoint import model_from_checkpoint
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import score_sample_file
 from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
@@ -17,9 +17,9 @@ from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, ma
 def evaluate(cfg: DictConfig) -> float | None:
     if cfg.eval.get("samples"):
         return evaluate_samples(cfg)
-    cfg, _ = config_from_checkpoint(cfg)
+    cfg, checkpoint = config_from_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = load_model(cfg.ckpt_path, map_location=pick_device(cfg), model_overrides=dict(cfg.model))
+    model = model_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.model).to(pick_device(cfg)).eval()
     model.eval_settings = dict(cfg.eval)
     datamodule = instantiate(cfg.data, _convert_="all")
     loggers = make_loggers(cfg)

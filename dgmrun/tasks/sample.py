@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from dgmrun.checkpoint import load_model
+from dgmrun.checkpoint import model_from_checkpoint
 from dgmrun.io import picture, sample_in_batches, save_png, save_samples_npz
 from dgmrun.tasks.common import config_from_checkpoint, pick_device, run_dir, write_run_files
 
 
 def sample(cfg: DictConfig) -> None:
-    cfg, _ = config_from_checkpoint(cfg)
+    cfg, checkpoint = config_from_checkpoint(cfg)
     device = pick_device(cfg)
-    model = load_model(cfg.ckpt_path, map_location=device, model_overrides=dict(cfg.model))
+    model = model_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.model).to(device).eval()
     generator = torch.Generator(device).manual_seed(cfg.sample.seed)
     samples = sample_in_batches(model.sampler(cfg.sample.classes, cfg.sample), cfg.sample.num, cfg.sample.batch_size, generator)
     out = run_dir(cfg)
