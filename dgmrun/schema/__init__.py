@@ -51,6 +51,8 @@ class EvalConfig:
     num_samples: int = 2500
     ais_chains: int = 100
     ais_betas: int = 1000
+    ais_runs: int = 2
+    raise_examples: int = 100
     # sample-quality metrics (dgmrun.metrics.samples)
     feature_network: str = "auto"
     inception_weights: Optional[str] = None
@@ -74,6 +76,8 @@ class EvalConfig:
             require(getattr(self, key) >= 0, f"eval.{key} must be >= 0, got {getattr(self, key)}")
         require(self.ais_chains > 0, f"eval.ais_chains must be > 0, got {self.ais_chains}")
         require(self.ais_betas > 0, f"eval.ais_betas must be > 0, got {self.ais_betas}")
+        require(self.ais_runs > 0, f"eval.ais_runs must be > 0, got {self.ais_runs}")
+        require(self.raise_examples >= 0, f"eval.raise_examples must be >= 0, got {self.raise_examples}")
         require(self.num_importance_samples > 0,
                  f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
         require(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
