@@ -79,6 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda n: run(n, MODELS[n], args.minutes, out, args.max_steps), names))
     budget = f"trainer.max_time={args.minutes:g} min" if args.max_steps is None else f"trainer.max_steps={args.max_steps}"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dgmrun.data.datamodule import MNISTLike
+from dgmrun.errors import DgmrunError
 from dgmrun.metrics.likelihood import ais_log_partition, exact_log_partition, raise_log_likelihood
 from dgmrun.models.rbm import RBM
 from dgmrun.schema import EvalConfig
@@ -134,6 +135,12 @@ def test_raise_is_unbiased_for_the_annealing_model_and_a_lower_bound_on_log_p():
     assert (one - exact).mean() < -0.1
     long = raise_log_likelihood(W, b, c, v, a, num_chains=1, num_betas=500, generator=torch.Generator().manual_seed(1))
     assert (long - exact).abs().mean() < 0.2
+
+
+@pytest.mark.parametrize("key, value", [("ais_runs", 0), ("raise_examples", -1)])
+def test_bad_ais_settings_are_refused(key, value):
+    with pytest.raises(DgmrunError, match=f"eval.{key} must be"):
+        EvalConfig(**{key: value}).check()
 
 
 @pytest.fixture(scope="module")

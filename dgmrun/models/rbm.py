@@ -29,7 +29,8 @@ the spread (std) of the NLL over the runs (the same for every example, as log Z 
 log Z (NLL optimistic). The conservative side of the bracket is RAISE (Burda et al. 2015) on the first
 ``eval.raise_examples`` test examples (0: skipped), one reverse chain each through the same distributions:
 each gives log Z ~ -F(x) - log p_raise(x), their mean is test/log_z_raise (high in expectation), and
-test/nll_raise = mean F(v) + test/log_z_raise over the whole test set, comparable with test/nll. Gaussian visibles: the NLL is of a density, not a probability mass.
+test/nll_raise = mean F(v) + test/log_z_raise over the whole test set, comparable with test/nll.
+Gaussian visibles: the NLL is of a density, not a probability mass.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class RBM(GenerativeModel):
         self.register_buffer("data_mean", torch.full((d,), 0.5 if not self.gaussian else 0.0))
         self.register_buffer("data_seen", torch.zeros(()))
         self._ais: tuple[Tensor, Tensor] | None = None
-        self._raise_sums = [0.0, 0, 0.0, 0]  # RAISE's log Z and examples, then F(v) and test examples
+        self._raise_sums: dict[str, float] = {}  # sums over the test run, for test/nll_raise
         self.automatic_optimization = False  # the CD gradient is set in closed form (``cd_gradients``)
         self._world_size = 1
 
@@ -218,7 +219,7 @@ class RBM(GenerativeModel):
 
     def on_test_start(self) -> None:
         self._ais = None  # eval settings may have changed
-        self._raise_sums = [0.0, 0, 0.0, 0]  # RAISE's log Z and examples, then F(v) and test examples
+        self._raise_sums = {"log_z": 0.0, "raised": 0, "free_energy": 0.0, "examples": 0}
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:
@@ -241,24 +242,26 @@ class RBM(GenerativeModel):
     def _accumulate_raise(self, v: Tensor) -> None:
         """RAISE's log Z on the test examples until ``raise_examples`` are done, and F(v) on all of them;
         test/log_z_raise and test/nll_raise are logged at the epoch's end."""
-        sums, n = self._raise_sums, self.ais_settings()["raise_examples"]
+        sums, settings = self._raise_sums, self.ais_settings()
         free_energy = self.free_energy(v)
-        sums[2] += free_energy.sum().item()
-        sums[3] += len(v)
-        subset = slice(0, max(0, n - sums[1]))
-        if len(v[subset]) == 0:
+        sums["free_energy"] += free_energy.sum().item()
+        sums["examples"] += len(v)
+        todo = max(0, settings["raise_examples"] - sums["raised"])
+        if todo == 0:
             return
-        generator = torch.Generator(self.device).manual_seed(AIS_SEED + sums[1])
-        log_p = raise_log_likelihood(self.W, self.b, self.c, v[subset], self.base_rate_bias(), 1,
-                                     self.ais_settings()["ais_betas"], generator, self.gaussian)
-        sums[0] += (-free_energy[subset] - log_p).sum().item()
-        sums[1] += len(log_p)
+        v, free_energy = v[:todo], free_energy[:todo]
+        generator = torch.Generator(self.device).manual_seed(AIS_SEED + sums["raised"])
+        log_p = raise_log_likelihood(self.W, self.b, self.c, v, self.base_rate_bias(), 1, settings["ais_betas"],
+                                     generator, self.gaussian)
+        sums["log_z"] += (-free_energy - log_p).sum().item()
+        sums["raised"] += len(v)
 
     def on_test_epoch_end(self) -> None:
-        raise_sum, raise_count, free_energy_sum, count = self._raise_sums
-        if raise_count > 0:
-            log_z = raise_sum / raise_count
-            self.log_dict({"test/log_z_raise": log_z, "test/nll_raise": free_energy_sum / count + log_z}, sync_dist=True)
+        sums = self._raise_sums
+        if sums.get("raised", 0) > 0:
+            log_z = sums["log_z"] / sums["raised"]
+            self.log_dict({"test/log_z_raise": log_z, "test/nll_raise": sums["free_energy"] / sums["examples"] + log_z},
+                          sync_dist=True)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
