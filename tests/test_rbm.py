@@ -137,6 +137,21 @@ def test_raise_is_unbiased_for_the_annealing_model_and_a_lower_bound_on_log_p():
     assert (long - exact).abs().mean() < 0.2
 
 
+def test_gaussian_ais_and_raise_match_the_closed_form():
+    """Unit-variance Gaussian visibles: Z = (2 pi)^(D/2) sum_h exp(c.h + b.Wh + |Wh|^2 / 2)."""
+    torch.manual_seed(0)
+    W, b, c = torch.randn(3, 2) * 0.5, torch.randn(3), torch.randn(2)
+    h = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)))
+    mean = h @ W.T
+    log_z = (torch.logsumexp(h @ c + mean @ b + 0.5 * (mean**2).sum(-1), 0) + 1.5 * math.log(2 * math.pi)).item()
+    estimate, _ = ais_log_partition(W, b, c, torch.zeros(3), 200, 300, torch.Generator().manual_seed(0), gaussian=True)
+    assert estimate.item() == pytest.approx(log_z, abs=0.05)
+    x = torch.randn(50, 3)
+    exact = -(0.5 * ((x - b) ** 2).sum(-1) - F.softplus(x @ W + c).sum(-1)) - log_z
+    log_p = raise_log_likelihood(W, b, c, x, torch.zeros(3), 1, 300, torch.Generator().manual_seed(0), gaussian=True)
+    assert (log_p - exact).mean().item() == pytest.approx(0.0, abs=0.05)
+
+
 @pytest.mark.parametrize("key, value", [("ais_runs", 0), ("raise_examples", -1)])
 def test_bad_ais_settings_are_refused(key, value):
     with pytest.raises(DgmrunError, match=f"eval.{key} must be"):
