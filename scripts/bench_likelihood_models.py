@@ -9,9 +9,14 @@ roughly one core each. Settings that suit a CPU budget are chosen per model and 
 The numbers are of different kinds (``test/nll_estimator``): exact for NADE and PixelCNN, an
 importance-sampled estimate (k=100, a stochastic lower bound on log p, so NLL an upper bound in
 expectation) for VAE and IWAE, an AIS estimate of log Z for the RBM (an unbiased Z estimate: log Z
-tends to be low, NLL optimistic), and the uniform-prior bound for the VQ-VAE.
+tends to be low, NLL optimistic; ± is the spread over independent AIS runs, and the RAISE NLL beside it
+is the conservative side), and the uniform-prior bound for the VQ-VAE.
 
-Run: python scripts/bench_likelihood_models.py [--minutes 3] [--parallel 2] [--out /tmp/bench_likelihood]
+``--max-steps N`` trains for N updates instead of the time budget: a row's step count reproduced on a
+machine slower or busier than the one that measured it.
+
+Run: python scripts/bench_likelihood_models.py [--minutes 3] [--parallel 2] [--models rbm,vae] [--max-steps N]
+     [--out /tmp/bench_likelihood]
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ MODELS: dict[str, list[str]] = {
 }
 
 
-def run(name: str, args: list[str], minutes: float, out: Path) -> dict:
+def run(name: str, args: list[str], minutes: float, out: Path, max_steps: int | None = None) -> dict:
     seconds = int(minutes * 60)
     budget = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
-    command = ["dgmrun", *args, "data=mnist", f"data.root={ROOT}", f"trainer.max_time={budget}",
+    length = [f"trainer.max_time={budget}"] if max_steps is None else [f"trainer.max_steps={max_steps}"]
+    command = ["dgmrun", *args, "data=mnist", f"data.root={ROOT}", *length,
                "trainer.max_epochs=-1", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
                "sample.num=16", "sample.every_n_epochs=0", "eval.feature_network=none",  # NLL only: no FID sampling
                f"hydra.run.dir={out / name}"]
@@ -69,13 +75,18 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", default="/tmp/bench_likelihood")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--max-steps", type=int, default=None)
     args = parser.parse_args()
     out = Path(args.out)
     names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda n: run(n, MODELS[n], args.minutes, out), names))
+        results = list(pool.map(lambda n: run(n, MODELS[n], args.minutes, out, args.max_steps), names))
+    budget = f"trainer.max_time={args.minutes:g} min" if args.max_steps is None else f"trainer.max_steps={args.max_steps}"
     print(f"mnist-small (8000 train / 2000 test real digits), dynamic binarization; training budget "
-          f"trainer.max_time={args.minutes:g} min per model, {args.parallel} runs at a time, 1 thread each\n")
+          f"{budget} per model, {args.parallel} runs at a time, 1 thread each\n")
     print("| model    | test NLL (nats) | test bpd | estimator            | steps | run wall s | settings |")
     print("|----------|-----------------|----------|----------------------|-------|------------|----------|")
     for r in results:
@@ -85,6 +96,8 @@ def main() -> None:
         m = r["metrics"]
         nll = m.get("test/nll", float("nan"))
         spread = f" +- {m['test/nll_std']:.2f}" if "test/nll_std" in m else ""
+        if "test/nll_raise" in m:
+            spread += f" (RAISE {m['test/nll_raise']:.2f})"
         print(f"| {r['name']:<8} | {nll:8.2f}{spread:<7} | {m.get('test/bpd', float('nan')):8.4f} | "
               f"{m.get('test/nll_estimator', ''):<20} | {r['steps'] or '':>5} | {r['wall']:10.0f} | {r['args']} |")
 

@@ -14,8 +14,10 @@ Neither shuffles (scikit-learn walks the data in order; the DataLoader here does
 
 Pseudo-log-likelihood, the same function for both models' parameters: scikit-learn's ``score_samples``
 rule (flip one random pixel per example, D log sigmoid(F(v_flipped) - F(v))), mean over the test set,
-averaged over 5 calls with different random pixels. Also: the AIS test NLL of both (100 chains x 1000
-betas, base rates from the training data).
+averaged over 5 calls with different random pixels. Also the test NLL of both, bracketed: forward AIS
+with dgmrun's default eval settings (``eval.ais_chains`` x ``eval.ais_betas``, ``eval.ais_runs`` runs;
+base rates from the training data), optimistic, and RAISE on the first ``eval.raise_examples`` test
+digits (their mean log Z, with the mean free energy of all test digits), conservative.
 
 Run: python scripts/bench_rbm_sklearn.py [--root ../shared/data/mnist-small] [--epochs 10]
 """
@@ -29,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dgmrun.schema import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-small"
 
@@ -65,13 +69,23 @@ def pseudo_log_likelihood(v: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: 
     return float(np.mean(values))
 
 
-def ais_nll(v: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, train: torch.Tensor) -> tuple[float, float]:
-    from dgmrun.metrics.likelihood import ais_log_partition
+def ais_nll(v: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, train: torch.Tensor
+            ) -> tuple[float, float, float]:
+    """(AIS test NLL, its spread over the independent runs, RAISE NLL of the first examples), as dgmrun's RBM
+    computes them with the default eval settings."""
+    from dgmrun.metrics.likelihood import ais_log_partition, raise_log_likelihood
 
+    s = EvalConfig()
     mean = train.mean(0).clamp(1e-3, 1 - 1e-3)
-    log_z, std = ais_log_partition(W, b, c, torch.log(mean) - torch.log1p(-mean), 100, 1000,
-                                   torch.Generator().manual_seed(1234))
-    return (free_energy(v, W, b, c) + log_z).mean().item(), std.item()
+    base = torch.log(mean) - torch.log1p(-mean)
+    log_z, runs = ais_log_partition(W, b, c, base, s.ais_chains, s.ais_betas, torch.Generator().manual_seed(1234),
+                                    num_runs=s.ais_runs)
+    free = free_energy(v, W, b, c)
+    subset = v[:s.raise_examples]  # RAISE's log Z from these, as dgmrun's test/nll_raise
+    log_p = raise_log_likelihood(W, b, c, subset, base, 1, s.ais_betas, torch.Generator().manual_seed(1234))
+    raise_nll = (free.mean() + (-free[:len(subset)] - log_p).mean()).item()
+    spread = runs.std().item() if len(runs) > 1 else float("nan")
+    return (free + log_z).mean().item(), spread, raise_nll
 
 
 def run_sklearn(train: torch.Tensor, epochs: int, seed: int) -> tuple[float, tuple[torch.Tensor, ...], float]:
@@ -136,22 +150,25 @@ def main() -> None:
         for seed in range(args.seeds):
             seconds, (W, b, c), fitted = runner(train, args.epochs, seed)
             pll = pseudo_log_likelihood(test, W, b, c)
-            nll, std = ais_nll(test, W, b, c, train)
+            nll, std, raise_nll = ais_nll(test, W, b, c, train)
             own = float("nan")
             if hasattr(fitted, "score_samples"):
                 fitted.random_state = np.random.RandomState(0)
                 own = float(np.mean([fitted.score_samples(test.numpy()).mean() for _ in range(5)]))
-            per_seed.append((seconds, pll, nll, std, own))
-            print(f"  {name} seed {seed}: {seconds:.3f} s/epoch, pseudo-LL {pll:.2f}, AIS NLL {nll:.2f} +- {std:.2f}")
+            per_seed.append((seconds, pll, nll, std, own, raise_nll))
+            print(f"  {name} seed {seed}: {seconds:.3f} s/epoch, pseudo-LL {pll:.2f}, AIS NLL {nll:.2f} +- {std:.2f} "
+                  f"(runs), RAISE NLL {raise_nll:.2f}", flush=True)
         a = np.array(per_seed)
         rows.append((name, a.mean(0), a.std(0)))
     print()
-    print(f"| {'model':<26} | s/epoch | test pseudo-LL (5 calls) | test NLL, AIS c100-b1000 (nats) | sklearn score_samples |")
-    print(f"|{'-' * 28}|---------|--------------------------|---------------------------------|-----------------------|")
+    e = EvalConfig()
+    print(f"| {'model':<26} | s/epoch | test pseudo-LL (5 calls) | test NLL, AIS c{e.ais_chains}-b{e.ais_betas}-r{e.ais_runs} "
+          f"| test NLL, RAISE n{e.raise_examples} | sklearn score_samples |")
+    print(f"|{'-' * 28}|---------|--------------------------|------------------|-------------------|-----------------------|")
     for name, mean, spread in rows:
         own = f"{mean[4]:.2f}" if not np.isnan(mean[4]) else ""
         print(f"| {name:<26} | {mean[0]:7.3f} | {mean[1]:15.2f} +- {spread[1]:5.2f} | {mean[2]:8.2f} +- {spread[2]:.2f} "
-              f"(AIS se {mean[3]:.2f}) | {own:>21} |")
+              f"(runs {mean[3]:.2f}) | {mean[5]:8.2f} +- {spread[5]:.2f} | {own:>21} |")
     print(f"(means over {args.seeds} seeds; +- is the spread over seeds)")
 
 

@@ -22,10 +22,15 @@ matrix products as scikit-learn's update, with none of the graph's overhead):
 weight_decay): W <- W + lr (<v h>_data - <v h>_chains), batch means. Under DDP the gradients are
 averaged over the processes before the step, as DDP's backward would.
 
-Evaluation: test NLL = F(v) + log Z with log Z from AIS (``dgmrun.metrics.likelihood``, Salakhutdinov
-& Murray 2008), ``eval.ais_chains`` chains and ``eval.ais_betas`` intermediate distributions, computed
-once per test run; test/log_z and its standard error test/nll_std (= the spread of log Z, shared by
-every example) are logged. Gaussian visibles: the NLL is of a density, not a probability mass.
+Evaluation: test NLL = F(v) + log Z with log Z from forward AIS (``dgmrun.metrics.likelihood``, Salakhutdinov
+& Murray 2008): ``eval.ais_runs`` independent runs of ``eval.ais_chains`` chains through ``eval.ais_betas``
+distributions, computed once per test run. test/log_z is the log-mean-exp over all chains; test/nll_std is
+the spread (std) of the NLL over the runs (the same for every example, as log Z is shared). AIS errs low on
+log Z (NLL optimistic). The conservative side of the bracket is RAISE (Burda et al. 2015) on the first
+``eval.raise_examples`` test examples (0: skipped), one reverse chain each through the same distributions:
+each gives log Z ~ -F(x) - log p_raise(x), their mean is test/log_z_raise (high in expectation), and
+test/nll_raise = mean F(v) + test/log_z_raise over the whole test set, comparable with test/nll.
+Gaussian visibles: the NLL is of a density, not a probability mass.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.metrics.likelihood import ais_log_partition, bernoulli
+from dgmrun.metrics.likelihood import ais_log_partition, bernoulli, raise_log_likelihood
 from dgmrun.models.base import GenerativeModel, make_optimizer
+from dgmrun.schema import EvalConfig
 
-AIS_SEED = 1234  # fixed, so task=eval gives the same log Z for the same checkpoint and settings
+AIS_SEED = 1234  # fixed, so task=eval gives the same log Z (and RAISE) for the same checkpoint and settings
 
 
 class RBM(GenerativeModel):
@@ -62,6 +68,7 @@ class RBM(GenerativeModel):
         self.register_buffer("data_mean", torch.full((d,), 0.5 if not self.gaussian else 0.0))
         self.register_buffer("data_seen", torch.zeros(()))
         self._ais: tuple[Tensor, Tensor] | None = None
+        self._raise_sums: dict[str, float] = {}  # sums over the test run, for test/nll_raise
         self.automatic_optimization = False  # the CD gradient is set in closed form (``cd_gradients``)
         self._world_size = 1
 
@@ -180,13 +187,19 @@ class RBM(GenerativeModel):
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ GenerativeModel
-    def ais_settings(self) -> tuple[int, int]:
-        return int(self.eval_settings.get("ais_chains", 100)), int(self.eval_settings.get("ais_betas", 1000))
+    def ais_settings(self) -> dict[str, int]:
+        """AIS chains, betas and runs and the RAISE examples (``eval.ais_*``, ``eval.raise_examples``)."""
+        defaults = EvalConfig()  # a model used outside a task (no eval settings) gets the config's defaults
+        return {key: int(self.eval_settings.get(key, getattr(defaults, key)))
+                for key in ("ais_chains", "ais_betas", "ais_runs", "raise_examples")}
 
     @property
     def nll_estimator(self) -> str:
-        chains, betas = self.ais_settings()
-        return f"ais-c{chains}-b{betas}"
+        s = self.ais_settings()
+        name = f"ais-c{s['ais_chains']}-b{s['ais_betas']}-r{s['ais_runs']}"
+        if s["raise_examples"] > 0:
+            name += f"; nll_raise: raise-c1-b{s['ais_betas']}-n{s['raise_examples']}"
+        return name
 
     def base_rate_bias(self) -> Tensor:
         if self.gaussian:
@@ -196,16 +209,18 @@ class RBM(GenerativeModel):
 
     @torch.no_grad()
     def log_partition(self) -> tuple[Tensor, Tensor]:
-        """(log Z, standard error) by AIS, cached until the next training step."""
+        """(log Z from all chains, the estimates of the independent runs) by AIS, cached until the next
+        training step."""
         if self._ais is None:
-            chains, betas = self.ais_settings()
+            s = self.ais_settings()
             generator = torch.Generator(self.device).manual_seed(AIS_SEED)
-            self._ais = ais_log_partition(self.W, self.b, self.c, self.base_rate_bias(), chains, betas, generator,
-                                          self.gaussian)
+            self._ais = ais_log_partition(self.W, self.b, self.c, self.base_rate_bias(), s["ais_chains"],
+                                          s["ais_betas"], generator, self.gaussian, s["ais_runs"])
         return self._ais
 
     def on_test_start(self) -> None:
         self._ais = None  # eval settings may have changed
+        self._raise_sums = {"log_z": 0.0, "raised": 0, "free_energy": 0.0, "examples": 0}
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:
@@ -215,12 +230,39 @@ class RBM(GenerativeModel):
     @torch.no_grad()
     def extra_test_metrics(self, x: Tensor) -> dict[str, Tensor]:
         v = x.flatten(1)
-        log_z, std = self.log_partition()
+        log_z, runs = self.log_partition()
         ones = torch.ones(len(v), device=v.device)
-        metrics = {"log_z": log_z * ones, "nll_std": std * ones, "recon_error": self.reconstruction_error(v)}
+        metrics = {"log_z": log_z * ones, "recon_error": self.reconstruction_error(v)}
+        if len(runs) > 1:
+            metrics["nll_std"] = runs.std() * ones
         if not self.gaussian:
             metrics["pseudo_nll"] = -self.pseudo_log_likelihood(v, torch.Generator(v.device).manual_seed(0))
+        self._accumulate_raise(v)
         return metrics
+
+    def _accumulate_raise(self, v: Tensor) -> None:
+        """RAISE's log Z on the test examples until ``raise_examples`` are done, and F(v) on all of them;
+        test/log_z_raise and test/nll_raise are logged at the epoch's end."""
+        sums, settings = self._raise_sums, self.ais_settings()
+        free_energy = self.free_energy(v)
+        sums["free_energy"] += free_energy.sum().item()
+        sums["examples"] += len(v)
+        todo = max(0, settings["raise_examples"] - sums["raised"])
+        if todo == 0:
+            return
+        v, free_energy = v[:todo], free_energy[:todo]
+        generator = torch.Generator(self.device).manual_seed(AIS_SEED + sums["raised"])
+        log_p = raise_log_likelihood(self.W, self.b, self.c, v, self.base_rate_bias(), 1, settings["ais_betas"],
+                                     generator, self.gaussian)
+        sums["log_z"] += (-free_energy - log_p).sum().item()
+        sums["raised"] += len(v)
+
+    def on_test_epoch_end(self) -> None:
+        sums = self._raise_sums
+        if sums.get("raised", 0) > 0:
+            log_z = sums["log_z"] / sums["raised"]
+            self.log_dict({"test/log_z_raise": log_z, "test/nll_raise": sums["free_energy"] / sums["examples"] + log_z},
+                          sync_dist=True)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -61,6 +61,8 @@ class EvalConfig:
     num_samples: int = 2500
     ais_chains: int = 100
     ais_betas: int = 1000
+    ais_runs: int = 2
+    raise_examples: int = 100
     bound_timesteps: int = 0
     # sample-quality metrics (dgmrun.metrics.samples)
     feature_network: str = "auto"
@@ -85,6 +87,8 @@ class EvalConfig:
             require(getattr(self, key) >= 0, f"eval.{key} must be >= 0, got {getattr(self, key)}")
         require(self.ais_chains > 0, f"eval.ais_chains must be > 0, got {self.ais_chains}")
         require(self.ais_betas > 0, f"eval.ais_betas must be > 0, got {self.ais_betas}")
+        require(self.ais_runs > 0, f"eval.ais_runs must be > 0, got {self.ais_runs}")
+        require(self.raise_examples >= 0, f"eval.raise_examples must be >= 0, got {self.raise_examples}")
         require(self.bound_timesteps >= 0, f"eval.bound_timesteps must be >= 0, got {self.bound_timesteps}")
         require(self.num_importance_samples > 0,
                  f"eval.num_importance_samples must be > 0, got {self.num_importance_samples}")
