@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import one_of, require
+from dgmrun.schema.base import one_of, require, require_finite
 
 BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
 
@@ -23,6 +23,7 @@ class DataConfig:
     val_fraction: float = 0.1
 
     def check(self) -> None:
+        require_finite(self, "data")
         require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         require(self.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
         require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -62,6 +63,9 @@ class DigitsConfig(ImageDataConfig):
         require(0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
+MAX_IMAGE_SIZE = 4096  # a batch of 128 RGB images of 4096 x 4096 px is 6 GiB already
+
+
 @dataclass
 class ImageFolderConfig(DigitsConfig):
     root: str = MISSING
@@ -72,7 +76,8 @@ class ImageFolderConfig(DigitsConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
+        require(0 < self.image_size <= MAX_IMAGE_SIZE,
+                f"data.image_size must be in [1, {MAX_IMAGE_SIZE}] pixels, got {self.image_size}")
         require(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels}")
         require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
