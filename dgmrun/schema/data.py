@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import one_of, require, require_finite
+from dgmrun.schema.base import MAX_SIZE, one_of, require, require_finite
 
 BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
 
@@ -24,8 +24,9 @@ class DataConfig:
 
     def check(self) -> None:
         require_finite(self, "data")
-        require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
-        require(self.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
+        for key in ("batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            require(0 < value <= MAX_SIZE, f"data.{key} must be in [1, {MAX_SIZE}], got {value}")
         require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
     def info(self) -> DataInfo:

@@ -60,6 +60,8 @@ class GANConfig(ModelConfig):
 
     def check(self) -> None:
         require_finite(self, "model")
+        require(self.optimizer is None, "model.optimizer is not a key of the GANs: each player has its own, "
+                "model.optimizer_g and model.optimizer_d")
         self.optimizer_g.check("model.optimizer_g")
         self.optimizer_d.check("model.optimizer_d")
         check_scheduler(self.scheduler)
