@@ -2,7 +2,7 @@
 
 Run it from a checkout whose venv has dgmrun installed::
 
-    OMP_NUM_THREADS=1 python scripts/bad_input_catalogue.py [--jobs 2] [--only SUBSTRING] [--keep DIR]
+    OMP_NUM_THREADS=1 python scripts/bad_input_catalogue.py [--jobs 2] [--only SUBSTRING ...] [--keep DIR]
 
 It first makes a few shared inputs (a VAE and a CGAN run on digits, ``trainer=debug``), then runs every
 case in a workspace of its own (the working directory of the command) and prints a table: case, exit
@@ -43,7 +43,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parents[1]
 MNIST_SMALL = (REPO / ".." / "shared" / "data" / "mnist-small").resolve()
 DGMRUN = shutil.which("dgmrun") or sys.exit("the dgmrun console script is not on PATH: pip install -e .")
-FAST = ["trainer=debug", "task.test=false", "sample.num=4"]  # after the case's args unless it says otherwise
+FAST = ["trainer=debug", "sample.num=4"]  # before the case's args unless it says otherwise (and task.test=false for train)
 TIMEOUT = 180.0
 
 
@@ -299,6 +299,13 @@ def error_line(stderr: str) -> Optional[str]:
     return errors[0] if errors else None
 
 
+def fill_in(text: str, values: dict[str, str]) -> str:
+    """``{ws}`` etc. replaced (not str.format: overrides such as ``{name: step}`` hold braces of their own)."""
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
 def digest(paths: list[Path]) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
@@ -319,8 +326,11 @@ def run_case(case: Case, ws: Path, shared: dict[str, Path]) -> tuple[Optional[in
             fill[name] = str(ws / name)
     protected = digest([p for p in ws.rglob("*") if p.is_file()])
     before = run_dirs(ws)
-    args = [a.format(**fill) for a in case.args] + (FAST if case.fast else [])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "", **{k: v.format(**fill) for k, v in case.env.items()}}
+    args = [fill_in(a, fill) for a in case.args]
+    if case.fast:  # first, so that the case's own values win
+        train = not any(a.startswith("task=") and a != "task=train" for a in args)
+        args = FAST + (["task.test=false"] if train else []) + args
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "", **{k: fill_in(v, fill) for k, v in case.env.items()}}
     env.pop("HYDRA_FULL_ERROR", None)
     if not env["WANDB_MODE"]:
         del env["WANDB_MODE"]
@@ -349,6 +359,7 @@ def run_case(case: Case, ws: Path, shared: dict[str, Path]) -> tuple[Optional[in
         out, err = proc.communicate()
         problems.append(f"timed out after {TIMEOUT:.0f} s")
     elapsed = time.monotonic() - start
+    (ws / "stderr.txt").write_text(f"dgmrun {' '.join(args)}\n{err}")  # for --keep
     result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
@@ -392,10 +403,11 @@ def make_shared(base: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the cases whose name contains this (case-insensitive; may be repeated)")
     parser.add_argument("--keep", type=Path, help="keep the workspaces under this folder (default: a temp dir, removed)")
     options = parser.parse_args()
-    selected = [c for c in cases() if options.only.lower() in c.name.lower()]
+    selected = [c for c in cases() if not options.only or any(o.lower() in c.name.lower() for o in options.only)]
     base = Path(tempfile.mkdtemp(prefix="dgmrun-catalogue-", dir=options.keep))
     try:
         shared = make_shared(base)
@@ -405,7 +417,10 @@ def main() -> None:
             i, case = indexed
             if case.skip:
                 return case, None, None, f"skipped: {case.skip}", []
-            return (case, *run_case(case, base / f"case{i:03d}", shared))
+            try:
+                return (case, *run_case(case, base / f"case{i:03d}", shared))
+            except Exception as e:  # a broken case must not hide the others
+                return case, None, False, f"harness error: {type(e).__name__}: {e}", ["harness error"]
 
         width = max(len(c.name) for c in selected)
         clean = skipped = 0

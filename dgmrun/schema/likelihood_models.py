@@ -62,6 +62,11 @@ class PixelCNNConfig(MaskedStackConfig):
         require(info.is_image, f"model pixelcnn needs images, but data {info.name} gives points")
         require(info.levels is not None and info.levels >= 2,
                  f"model pixelcnn needs discrete pixels (binary or 8-bit); data {info.name} is continuous")
+        # Wider kernels see nothing more (their centre is the pixel, the image fits within 2 sides - 1)
+        # and cost channels^2 x kernel^2 weights per layer: 8 GiB at kernel_size=301.
+        widest = 2 * max(info.shape[1:]) - 1
+        require(self.kernel_size <= widest, f"model.kernel_size must be at most {widest} for images of "
+                f"{info.shape[1]}x{info.shape[2]} px (2 x side - 1), got {self.kernel_size}")
         if self.conditional:
             require(info.num_classes > 0, f"model.conditional=true needs labelled data; {info.name} has no classes")
 
