@@ -23,12 +23,14 @@ def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def require_finite(config: Any, prefix: str) -> None:
     """Every float of a config dataclass (nested ones and lists too) is a number: nan and inf pass
-    ``x > 0``-style range checks, then turn the first loss into nan."""
+    ``x > 0``-style range checks, then turn the first loss into nan; list elements are numbers."""
     for f in fields(config):
         value, key = getattr(config, f.name), f"{prefix}.{f.name}"
         if is_dataclass(value):
             require_finite(value, key)
         for v in value if isinstance(value, list) else [value]:
+            # (OmegaConf lets a mapping through as an element of list[int] or list[float])
+            require(not (isinstance(value, list) and isinstance(v, (dict, list))), f"{key} must be a list of numbers, got {value}")
             require(not isinstance(v, float) or math.isfinite(v), f"{key} must be a finite number, got {value}")
 
 

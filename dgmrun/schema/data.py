@@ -62,6 +62,9 @@ class DigitsConfig(ImageDataConfig):
     def check(self) -> None:
         super().check()
         require(0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        require(self.val_fraction + self.test_fraction < 1,
+                f"data.val_fraction + data.test_fraction must leave some training data (sum < 1), got "
+                f"{self.val_fraction} + {self.test_fraction}")
 
 
 MAX_IMAGE_SIZE = 4096  # a batch of 128 RGB images of 4096 x 4096 px is 6 GiB already
