@@ -40,12 +40,14 @@ MAX_SIZE = 2**20
 
 def require_sizes(key: str, sizes: int | list[int], count: Optional[int] = None) -> None:
     """Positive sizes (a width or a list of widths) of at most MAX_SIZE; ``count`` entries when given."""
-    values = sizes if isinstance(sizes, list) else [sizes]
-    what = "positive widths" if isinstance(sizes, list) else "a positive size"
-    require(len(values) > 0 and all(0 < v <= MAX_SIZE for v in values),
-            f"{key} must be {what} of at most {MAX_SIZE}, got {sizes}")
-    if count is not None:
-        require(len(values) == count, f"{key} must have {count} entries, got {sizes}")
+    if isinstance(sizes, list):
+        require(len(sizes) > 0 and all(v > 0 for v in sizes), f"{key} must be positive widths, got {sizes}")
+        if count is not None:
+            require(len(sizes) == count, f"{key} must have {count} entries, got {sizes}")
+    else:
+        require(sizes > 0, f"{key} must be > 0, got {sizes}")
+    require(max(sizes if isinstance(sizes, list) else [sizes]) <= MAX_SIZE, f"{key} must be at most {MAX_SIZE}, got {sizes}")
+
 
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")

@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import MAX_SIZE, one_of, require, require_finite
+from dgmrun.schema.base import one_of, require, require_finite, require_sizes
 
 BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
 
@@ -24,9 +24,8 @@ class DataConfig:
 
     def check(self) -> None:
         require_finite(self, "data")
-        for key in ("batch_size", "eval_batch_size"):
-            value = getattr(self, key)
-            require(0 < value <= MAX_SIZE, f"data.{key} must be in [1, {MAX_SIZE}], got {value}")
+        require_sizes("data.batch_size", self.batch_size)
+        require_sizes("data.eval_batch_size", self.eval_batch_size)
         require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
     def info(self) -> DataInfo:

@@ -22,7 +22,8 @@ class IWAEConfig(VAEConfig):
 
     def check(self) -> None:
         super().check()
-        require(1 <= self.k <= MAX_SIZE, f"model.k must be in [1, {MAX_SIZE}], got {self.k}")
+        require(self.k >= 1, f"model.k must be >= 1, got {self.k}")
+        require(self.k <= MAX_SIZE, f"model.k must be at most {MAX_SIZE}, got {self.k}")
 
 
 @dataclass
