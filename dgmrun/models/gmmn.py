@@ -124,9 +124,9 @@ class GMMN(GenerativeModel):
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
-        if self.space != "code" or not self.data_info.is_image:
+        if self.space != "code" or not self.data_info.is_image or len(x) < 8:
             return {}
-        x = x[:32]
+        x = x[: min(32, len(x)) // 8 * 8]  # whole rows of 8
         recon = self._decode(self.encoder(x))
         pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1)
         return {"reconstructions": pairs.reshape(-1, *x.shape[1:])}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -18,6 +19,35 @@ def require(ok: bool, message: str) -> None:
 
 def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
     require(value in choices, f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+def require_finite(config: Any, prefix: str) -> None:
+    """Every float of a config dataclass (nested ones and lists too) is a number: nan and inf pass
+    ``x > 0``-style range checks, then turn the first loss into nan; list elements are numbers."""
+    for f in fields(config):
+        value, key = getattr(config, f.name), f"{prefix}.{f.name}"
+        if is_dataclass(value):
+            require_finite(value, key)
+        for v in value if isinstance(value, list) else [value]:
+            # (OmegaConf lets a mapping through as an element of list[int] or list[float])
+            require(not (isinstance(value, list) and isinstance(v, (dict, list))), f"{key} must be a list of numbers, got {value}")
+            require(not isinstance(v, float) or math.isfinite(v), f"{key} must be a finite number, got {value}")
+
+
+# Widths, channels, dimensions: larger ones cannot be allocated (a layer of 2**20 x 2**20 weights is 4 TiB).
+MAX_SIZE = 2**20
+
+
+def require_sizes(key: str, sizes: int | list[int], count: Optional[int] = None) -> None:
+    """Positive sizes (a width or a list of widths) of at most MAX_SIZE; ``count`` entries when given."""
+    if isinstance(sizes, list):
+        require(len(sizes) > 0 and all(v > 0 for v in sizes), f"{key} must be positive widths, got {sizes}")
+        if count is not None:
+            require(len(sizes) == count, f"{key} must have {count} entries, got {sizes}")
+    else:
+        require(sizes > 0, f"{key} must be > 0, got {sizes}")
+    require(max(sizes if isinstance(sizes, list) else [sizes]) <= MAX_SIZE, f"{key} must be at most {MAX_SIZE}, got {sizes}")
+
 
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -39,6 +69,8 @@ class OptimizerConfig:
 
 
 SCHEDULERS = ("cosine", "step", "warmup")
+# step: StepLR, defaults 10, 0.5; warmup: linear warm-up over warmup_steps (default 5000), then constant
+SCHEDULER_KEYS = {"cosine": ("name",), "step": ("name", "step_size", "gamma"), "warmup": ("name", "warmup_steps")}
 
 
 def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
@@ -46,9 +78,15 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
         return
     require("name" in scheduler, f"model.scheduler needs a name ({', '.join(SCHEDULERS)}), got {scheduler}")
     one_of("model.scheduler.name", scheduler["name"], SCHEDULERS)
-    if scheduler["name"] == "warmup":
-        steps = scheduler.get("warmup_steps", 5000)
-        require(isinstance(steps, int) and steps >= 1, f"model.scheduler.warmup_steps must be an integer >= 1, got {steps!r}")
+    takes = SCHEDULER_KEYS[scheduler["name"]]
+    for key in scheduler:
+        require(key in takes, f"unknown key model.scheduler.{key}; the {scheduler['name']} scheduler takes: {', '.join(takes)}")
+    step_size, gamma = scheduler.get("step_size", 10), scheduler.get("gamma", 0.5)
+    require(type(step_size) is int and step_size >= 1, f"model.scheduler.step_size must be an integer >= 1, got {step_size!r}")
+    require(type(gamma) in (int, float) and math.isfinite(gamma) and gamma > 0,
+            f"model.scheduler.gamma must be a number > 0, got {gamma!r}")
+    steps = scheduler.get("warmup_steps", 5000)
+    require(type(steps) is int and steps >= 1, f"model.scheduler.warmup_steps must be an integer >= 1, got {steps!r}")
 
 
 @dataclass
@@ -64,6 +102,7 @@ class ModelConfig:
     scheduler: Optional[dict[str, Any]] = None
 
     def check(self) -> None:
+        require_finite(self, "model")
         self.optimizer.check()
         check_scheduler(self.scheduler)
 

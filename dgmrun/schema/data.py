@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import one_of, require
+from dgmrun.schema.base import one_of, require, require_finite, require_sizes
 
 BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
 
@@ -23,8 +23,9 @@ class DataConfig:
     val_fraction: float = 0.1
 
     def check(self) -> None:
-        require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
-        require(self.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
+        require_finite(self, "data")
+        require_sizes("data.batch_size", self.batch_size)
+        require_sizes("data.eval_batch_size", self.eval_batch_size)
         require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
     def info(self) -> DataInfo:
@@ -65,6 +66,9 @@ class DigitsConfig(ImageDataConfig):
                 f"{self.val_fraction} + {self.test_fraction}")
 
 
+MAX_IMAGE_SIZE = 4096  # a batch of 128 RGB images of 4096 x 4096 px is 6 GiB already
+
+
 @dataclass
 class ImageFolderConfig(DigitsConfig):
     root: str = MISSING
@@ -75,7 +79,8 @@ class ImageFolderConfig(DigitsConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
+        require(0 < self.image_size <= MAX_IMAGE_SIZE,
+                f"data.image_size must be in [1, {MAX_IMAGE_SIZE}] pixels, got {self.image_size}")
         require(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels}")
         require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 

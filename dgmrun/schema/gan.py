@@ -7,11 +7,14 @@ from typing import Optional
 
 from dgmrun.data.info import DataInfo
 from dgmrun.schema.base import (
+    MAX_SIZE,
     ModelConfig,
     OptimizerConfig,
     check_scheduler,
     one_of,
     require,
+    require_finite,
+    require_sizes,
     resolve_conv_arch,
 )
 
@@ -27,12 +30,6 @@ def resolve_gan_arch(arch: str, info: DataInfo) -> str:
 
 def _adam(lr: float) -> OptimizerConfig:
     return OptimizerConfig(lr=lr, betas=[0.5, 0.999])
-
-
-def _widths(key: str, widths: list[int], count: Optional[int] = None) -> None:
-    require(len(widths) > 0 and all(w > 0 for w in widths), f"{key} must be positive widths, got {list(widths)}")
-    if count is not None:
-        require(len(widths) == count, f"{key} must have {count} entries, got {list(widths)}")
 
 
 @dataclass
@@ -62,25 +59,29 @@ class GANConfig(ModelConfig):
     optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
 
     def check(self) -> None:
+        require_finite(self, "model")
+        require(self.optimizer is None, "model.optimizer is not a key of the GANs: each player has its own, "
+                "model.optimizer_g and model.optimizer_d")
         self.optimizer_g.check("model.optimizer_g")
         self.optimizer_d.check("model.optimizer_d")
         check_scheduler(self.scheduler)
         one_of("model.loss", self.loss, GAN_LOSSES)
         one_of("model.arch", self.arch, GAN_ARCHS)
         one_of("model.noise", self.noise, GAN_NOISES)
-        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
-        _widths("model.g_hidden_dims", self.g_hidden_dims)
-        _widths("model.d_hidden_dims", self.d_hidden_dims)
-        _widths("model.g_channels", self.g_channels, 2)
-        _widths("model.d_channels", self.d_channels, 2)
-        require(self.fc_dim is None or self.fc_dim > 0, f"model.fc_dim must be > 0 or null, got {self.fc_dim}")
+        require_sizes("model.latent_dim", self.latent_dim)
+        require_sizes("model.g_hidden_dims", self.g_hidden_dims)
+        require_sizes("model.d_hidden_dims", self.d_hidden_dims)
+        require_sizes("model.g_channels", self.g_channels, 2)
+        require_sizes("model.d_channels", self.d_channels, 2)
+        if self.fc_dim is not None:
+            require_sizes("model.fc_dim", self.fc_dim)
         require(not (self.d_batch_norm and self.loss == "wgan_gp"),
                  "model.d_batch_norm=true does not go with model.loss=wgan_gp: batch norm mixes the samples "
                  "whose gradients the penalty takes one by one")
         require(self.n_critic >= 1, f"model.n_critic must be >= 1, got {self.n_critic}")
         require(self.clip > 0, f"model.clip must be > 0, got {self.clip}")
         require(self.gp_weight >= 0, f"model.gp_weight must be >= 0, got {self.gp_weight}")
-        require(self.pack >= 1, f"model.pack must be >= 1, got {self.pack}")
+        require(1 <= self.pack <= MAX_SIZE, f"model.pack must be in [1, {MAX_SIZE}], got {self.pack}")
         require(self.ema_decay is None or 0 <= self.ema_decay < 1,
                  f"model.ema_decay must be in [0, 1) or null, got {self.ema_decay}")
 
@@ -144,11 +145,11 @@ class GMMNConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
-        _widths("model.hidden_dims", self.hidden_dims)
-        _widths("model.ae_hidden_dims", self.ae_hidden_dims)
+        require_sizes("model.latent_dim", self.latent_dim)
+        require_sizes("model.hidden_dims", self.hidden_dims)
+        require_sizes("model.ae_hidden_dims", self.ae_hidden_dims)
         one_of("model.space", self.space, GMMN_SPACES)
-        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
+        require_sizes("model.code_dim", self.code_dim)
         require(self.bandwidths is None or (len(self.bandwidths) > 0 and all(b > 0 for b in self.bandwidths)),
                  f"model.bandwidths must be positive numbers or null, got {self.bandwidths}")
 
@@ -165,10 +166,11 @@ class InfoGANConfig(GANConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.num_categorical >= 0 and self.continuous_dim >= 0,
-                 "model.num_categorical and model.continuous_dim must be >= 0")
-        require(self.num_categorical == 0 or self.categorical_dim >= 2,
-                 f"model.categorical_dim must be >= 2, got {self.categorical_dim}")
+        for key in ("num_categorical", "continuous_dim"):
+            value = getattr(self, key)
+            require(0 <= value <= MAX_SIZE, f"model.{key} must be in [0, {MAX_SIZE}], got {value}")
+        require(self.num_categorical == 0 or 2 <= self.categorical_dim <= MAX_SIZE,
+                 f"model.categorical_dim must be in [2, {MAX_SIZE}], got {self.categorical_dim}")
         require(self.num_categorical + self.continuous_dim > 0, "InfoGAN needs at least one code")
         require(self.info_weight >= 0, f"model.info_weight must be >= 0, got {self.info_weight}")
 
@@ -186,7 +188,7 @@ class EBGANConfig(GANConfig):
         require(not self.d_batch_norm, "model.d_batch_norm is not an option of EBGAN's autoencoder discriminator")
         require(self.margin > 0, f"model.margin must be > 0, got {self.margin}")
         require(self.pt_weight >= 0, f"model.pt_weight must be >= 0, got {self.pt_weight}")
-        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
+        require_sizes("model.code_dim", self.code_dim)
 
 
 @dataclass
@@ -195,7 +197,7 @@ class BiGANConfig(GANConfig):
 
     def check(self) -> None:
         super().check()
-        _widths("model.e_hidden_dims", self.e_hidden_dims)
+        require_sizes("model.e_hidden_dims", self.e_hidden_dims)
 
 
 SCHEMAS.update({"dgmrun.models.infogan.InfoGAN": InfoGANConfig, "dgmrun.models.ebgan.EBGAN": EBGANConfig,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import ModelConfig, one_of, require
+from dgmrun.schema.base import MAX_SIZE, ModelConfig, one_of, require, require_sizes
 from dgmrun.schema.vae import VAEConfig
 
 
@@ -23,6 +23,7 @@ class IWAEConfig(VAEConfig):
     def check(self) -> None:
         super().check()
         require(self.k >= 1, f"model.k must be >= 1, got {self.k}")
+        require(self.k <= MAX_SIZE, f"model.k must be at most {MAX_SIZE}, got {self.k}")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class NADEConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.hidden_dim > 0, f"model.hidden_dim must be > 0, got {self.hidden_dim}")
+        require_sizes("model.hidden_dim", self.hidden_dim)
 
     def check_data(self, info: DataInfo) -> None:
         require_binary("nade", info)
@@ -47,7 +48,7 @@ class MaskedStackConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.channels > 0, f"model.channels must be > 0, got {self.channels}")
+        require_sizes("model.channels", self.channels)
         require(self.num_layers >= 1, f"model.num_layers must be >= 1, got {self.num_layers}")
         require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
                  f"model.kernel_size must be odd and >= 3, got {self.kernel_size}")
@@ -62,6 +63,11 @@ class PixelCNNConfig(MaskedStackConfig):
         require(info.is_image, f"model pixelcnn needs images, but data {info.name} gives points")
         require(info.levels is not None and info.levels >= 2,
                  f"model pixelcnn needs discrete pixels (binary or 8-bit); data {info.name} is continuous")
+        # Wider kernels see nothing more (their centre is the pixel, the image fits within 2 sides - 1)
+        # and cost channels^2 x kernel^2 weights per layer: 8 GiB at kernel_size=301.
+        widest = 2 * max(info.shape[1:]) - 1
+        require(self.kernel_size <= widest, f"model.kernel_size must be at most {widest} for images of "
+                f"{info.shape[1]}x{info.shape[2]} px (2 x side - 1), got {self.kernel_size}")
         if self.conditional:
             require(info.num_classes > 0, f"model.conditional=true needs labelled data; {info.name} has no classes")
 
@@ -79,10 +85,10 @@ class RBMConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.hidden_dim > 0, f"model.hidden_dim must be > 0, got {self.hidden_dim}")
+        require_sizes("model.hidden_dim", self.hidden_dim)
         one_of("model.visible", self.visible, ("auto", "bernoulli", "gaussian"))
         require(self.cd_k >= 1, f"model.cd_k must be >= 1, got {self.cd_k}")
-        require(self.num_chains >= 1, f"model.num_chains must be >= 1, got {self.num_chains}")
+        require(1 <= self.num_chains <= MAX_SIZE, f"model.num_chains must be in [1, {MAX_SIZE}], got {self.num_chains}")
         require(self.sample_gibbs_steps >= 1, f"model.sample_gibbs_steps must be >= 1, got {self.sample_gibbs_steps}")
 
     def check_data(self, info: DataInfo) -> None:
@@ -101,10 +107,9 @@ class VQVAEConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.num_codes >= 2, f"model.num_codes must be >= 2, got {self.num_codes}")
-        require(self.code_dim > 0, f"model.code_dim must be > 0, got {self.code_dim}")
-        require(len(self.channels) == 2 and all(c > 0 for c in self.channels),
-                 f"model.channels must be two positive channel counts, got {list(self.channels)}")
+        require(2 <= self.num_codes <= MAX_SIZE, f"model.num_codes must be in [2, {MAX_SIZE}], got {self.num_codes}")
+        require_sizes("model.code_dim", self.code_dim)
+        require_sizes("model.channels", self.channels, 2)
         require(self.commitment >= 0, f"model.commitment must be >= 0, got {self.commitment}")
         require(0 < self.ema_decay < 1, f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
 

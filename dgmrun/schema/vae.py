@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import ModelConfig, one_of, require, resolve_conv_arch
+from dgmrun.schema.base import ModelConfig, one_of, require, require_sizes, resolve_conv_arch
 
 VAE_ARCHS = ("auto", "mlp", "conv")
 VAE_LIKELIHOODS = ("auto", "bernoulli", "discretized_logistic", "gaussian")
@@ -43,13 +43,11 @@ class VAEConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        require(self.latent_dim > 0, f"model.latent_dim must be > 0, got {self.latent_dim}")
+        require_sizes("model.latent_dim", self.latent_dim)
         one_of("model.arch", self.arch, VAE_ARCHS)
         one_of("model.likelihood", self.likelihood, VAE_LIKELIHOODS)
-        require(len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
-                 f"model.hidden_dims must be positive widths, got {list(self.hidden_dims)}")
-        require(len(self.channels) == 2 and all(c > 0 for c in self.channels),
-                 f"model.channels must be two positive channel counts, got {list(self.channels)}")
+        require_sizes("model.hidden_dims", self.hidden_dims)
+        require_sizes("model.channels", self.channels, 2)
         require(self.beta >= 0, f"model.beta must be >= 0, got {self.beta}")
         require(self.kl_warmup_steps >= 0, f"model.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
 
