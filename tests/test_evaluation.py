@@ -14,6 +14,7 @@ import torch
 
 from dgmrun.errors import DgmrunError
 from dgmrun.metrics import features as F
+from dgmrun.models.base import GenerativeModel
 from dgmrun.metrics.samples import (
     FeatureStream,
     SampleScorer,
@@ -193,6 +194,7 @@ def test_class_accuracy_of_a_class_conditional_sampler(tmp_path, digits_evaluato
 
     class RealDigits(torch.nn.Module):
         data_info, device = datamodule.info, torch.device("cpu")
+        sampler_options, sampler, sampler_description = (), GenerativeModel.sampler, GenerativeModel.sampler_description
 
         def __init__(self, shift: int) -> None:
             super().__init__()
@@ -224,6 +226,7 @@ def test_code_accuracy_of_an_unsupervised_categorical_code(tmp_path, digits_eval
 
     class CodedDigits(torch.nn.Module):
         data_info, device = datamodule.info, torch.device("cpu")
+        sampler_description = GenerativeModel.sampler_description
 
         def __init__(self, follows_code: bool) -> None:
             super().__init__()

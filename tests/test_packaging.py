@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+# Not marked slow: the wheel is checked in every run of the suite.
 
 IMPORT_EVERY_MODULE = """
 import importlib, pkgutil, dgmrun, dgmrun.conf

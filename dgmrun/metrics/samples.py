@@ -323,8 +323,8 @@ def _model_batches(model: Any, n: int, batch_size: int, generator: torch.Generat
     ``settings`` (the run's ``sample`` group) gives the model's sampler options."""
     conditional = "classes" in inspect.signature(model.sample).parameters
     classes = list(range(model.data_info.num_classes)) if conditional else None
-    sample = model.sampler(classes, settings)
     by_code = getattr(model, "sample_by_code", None)
+    sample = model.sampler(classes, settings) if by_code is None else None
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         if by_code is not None:
