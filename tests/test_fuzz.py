@@ -196,7 +196,9 @@ def runs(draw: st.DrawFn) -> tuple[str, str, list[str]]:
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"),
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
                    print_blob=True)
-ONE_STEP = ["trainer=debug", "task.test=false", "~logger", "sample.num=4", "eval.num_samples=16"]
+# DDIM with 2 steps: the DDPM sampler would run the U-Net 1,000 times for the final grid.
+ONE_STEP = ["trainer=debug", "task.test=false", "~logger", "sample.num=4", "eval.num_samples=16", "sample.sampler=ddim",
+            "sample.steps=2"]
 
 
 def train_once(model: str, data: str, overrides: list[str], tmp: Path) -> str | None:

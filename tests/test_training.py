@@ -13,7 +13,8 @@ from dgmrun.schema import validate
 
 @pytest.mark.parametrize("scheduler,precision", [("cosine", "32-true"), ("step", "bf16-mixed")])
 def test_vae_fits_with_a_scheduler_and_precision(cfg_factory, scheduler, precision):
-    cfg = cfg_factory(f"model.scheduler={{name: {scheduler}, step_size: 1, gamma: 0.5}}", "model.latent_dim=4")
+    settings = "{name: step, step_size: 1, gamma: 0.5}" if scheduler == "step" else "{name: cosine}"
+    cfg = cfg_factory(f"model.scheduler={settings}", "model.latent_dim=4")
     validate(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.info)
