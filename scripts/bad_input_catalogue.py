@@ -12,7 +12,7 @@ line is "N of M clean". Exit status: 0 when every case is clean, 1 otherwise.
 A case is CLEAN when
   - the exit code is non-zero (or the one the case expects: 143 after SIGTERM, 130 after SIGINT,
     0 for a wandb server that cannot be reached, since the run must go on with CSV logs);
-  - stderr has exactly one ``dgmrun: error:`` line, among its last three non-empty lines, and no
+  - stderr has exactly one ``dgmrun: error:`` line (``dgmrun: stopped by ...`` after a signal), among its last three non-empty lines, and no
     ``Traceback`` (cases that must succeed need neither);
   - nothing already written is lost: the files the case protects (an existing run's checkpoints, ...)
     are byte-for-byte unchanged;
@@ -370,7 +370,8 @@ def run_case(case: Case, ws: Path, shared: dict[str, Path]) -> tuple[Optional[in
     if "Traceback" in err:
         problems.append("traceback")
     lines = [line for line in err.splitlines() if line.strip()]
-    error_lines = [line for line in lines if line.startswith("dgmrun: error:")]
+    # A stop by a signal is reported as "dgmrun: stopped by ...", not as an error.
+    error_lines = [line for line in lines if line.startswith(("dgmrun: error:", "dgmrun: stopped by"))]
     if case.expect != 0:
         if len(error_lines) != 1:
             problems.append(f"{len(error_lines)} 'dgmrun: error:' lines")

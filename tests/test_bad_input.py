@@ -189,3 +189,10 @@ def test_unreadable_checkpoint_through_the_command(tmp_path, vae_run):
     assert "weights_only" not in line
     assert not (tmp_path / "code_ran").exists()
     assert_no_run_dir(tmp_path)
+
+
+def test_seed_outside_numpys_range_is_refused_in_one_line(tmp_path):
+    # seed=-1 ended in numpy's "Seed must be between 0 and 2**32 - 1" traceback (found by the catalogue).
+    for seed in ("-1", str(2**32)):
+        refusal(run_dgmrun(f"seed={seed}", cwd=tmp_path, timeout=60), "seed must be in [0, 2**32)", seed)
+        assert_no_run_dir(tmp_path)

@@ -199,6 +199,7 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     # Top-level keys first: group keys interpolate them (data.seed: ${seed}), and a bad value is the
     # user's seed=..., not data.seed.
     require(isinstance(cfg.seed, int), f"seed={cfg.seed!r} has the wrong type: expected int")
+    require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (numpy's range), got {cfg.seed}")
     model_schema = MODEL_SCHEMAS.get(cfg.model.get("_target_", ""))
     data_schema = DATA_SCHEMAS.get(cfg.data.get("_target_", ""))
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
