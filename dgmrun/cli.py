@@ -61,9 +61,12 @@ def _hydra_main(cfg: DictConfig) -> Any:
         if not isinstance(bad_input, DgmrunError):
             raise  # a bug while building an object, not bad input: Hydra reports it as usual
         print(f"dgmrun: error: {bad_input}", file=sys.stderr)
-        remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
+        if not remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir)):
+            _log_to_run_file(f"dgmrun: error: {bad_input}")  # found once the run had started: kept with its log
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise bad_input from None  # the sweeper records this job as failed and goes on with the others
+            # The sweeper records this job as failed, runs the rest of its batch, then re-raises: to main().
+            os.environ[FULL_ERROR] = "1"
+            raise bad_input from None
         sys.exit(1)
     except OSError as error:  # a write not of the run's own files (a logger's, say) on a full or read-only disk
         print(f"dgmrun: error: cannot write {error.filename or 'the run files'}: {error.strerror or error}",
@@ -71,6 +74,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
         sys.exit(1)  # in a sweep too: the next jobs would meet the same disk
     except signals.Stopped as stop:  # SIGTERM or Ctrl-C: ends a sweep too (see dgmrun.signals)
         _exit_stopped(stop, _resume_hint(cfg))
+
+
+def _log_to_run_file(message: str) -> None:
+    """Write ``message`` to the run dir's log (Hydra's file handler) only: the console has it already."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("dgmrun", logging.ERROR, __file__, 0, message, None, None))
 
 
 def _resume_hint(cfg: DictConfig) -> str:
@@ -143,19 +153,23 @@ def unknown_key_message(full_key: str, key: str, parent: Any) -> str:
     return f"unknown key {full_key}{hint} ({prefix or 'the top level'} takes: {', '.join(names)})"
 
 
-def remove_if_only_hydra_files(run_dir: Path) -> None:
+def remove_if_only_hydra_files(run_dir: Path) -> bool:
     """Remove a run (or sweep) dir that holds nothing but what Hydra wrote before the task ran
-    (``.hydra/``, an empty log, ``multirun.yaml``), and its parents left empty below the working directory."""
+    (``.hydra/``, an empty log, ``multirun.yaml``), and its parents left empty below the working directory.
+    Returns whether the dir is gone."""
     cwd = Path.cwd()
-    if not run_dir.is_dir() or run_dir == cwd or run_dir in cwd.parents:
-        return
+    if not run_dir.is_dir():
+        return True
+    if run_dir == cwd or run_dir in cwd.parents:
+        return False
     for entry in run_dir.iterdir():
         hydra_files = entry.name == ".hydra" and entry.is_dir() and all(f.is_file() for f in entry.iterdir())
         empty_log = entry.suffix == ".log" and entry.is_file() and entry.stat().st_size == 0
         if not (hydra_files or empty_log or entry.name == "multirun.yaml" and entry.is_file()):
-            return
+            return False
     shutil.rmtree(run_dir)
     _remove_empty_parents(run_dir)
+    return True
 
 
 def _remove_empty_parents(path: Path) -> None:
@@ -211,7 +225,7 @@ def main() -> None:
     _raising_hydra_errors = True
     try:
         _hydra_main()
-    except HydraException as error:  # bad overrides (or, from a joblib sweep, a job's DgmrunError)
+    except HydraException as error:  # bad overrides, or the first refused job of a sweep (a DgmrunError)
         print(f"dgmrun: error: {user_error(error)}", file=sys.stderr)
         sys.exit(1)
     except signals.Stopped as stop:  # while Hydra starts up or winds down

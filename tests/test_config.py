@@ -44,6 +44,24 @@ def test_every_model_composes_with_its_natural_data(cfg_factory, model):
         validate(cfg_factory(f"model={model}", "data=mnist"))  # models made for 28 px images
 
 
+def test_the_task_gets_the_checked_values(cfg_factory):
+    cfg = cfg_factory("sample.num='3'", "model.latent_dim='4'", "trainer.max_epochs='2'", "data.batch_size='16'")
+    assert cfg.sample.num == "3"  # OmegaConf keeps a quoted number a string
+    validate(cfg)
+    assert (cfg.sample.num, cfg.model.latent_dim, cfg.trainer.max_epochs, cfg.data.batch_size) == (3, 4, 2, 16)
+
+
+@pytest.mark.parametrize("model,batch_size,refused", [("gan", 1, "at least 2"), ("infogan", 1, "at least 2"),
+                                                       ("gan", 3, "multiple of model.pack=2"), ("gan", 4, None)])
+def test_gan_batches_must_hold_whole_packs_of_two_or_more(cfg_factory, model, batch_size, refused):
+    cfg = cfg_factory(f"model={model}", "data=toy2d" if model == "gan" else "data=digits", f"data.batch_size={batch_size}")
+    if refused is None:
+        validate(cfg)
+        return
+    with pytest.raises(DgmrunError, match=refused):
+        validate(cfg)
+
+
 def test_relative_roots_become_absolute(cfg_factory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = cfg_factory("data=mnist", "data.root=some/where")

@@ -108,9 +108,8 @@ def data_options() -> list[str]:
 # -------------------------------------------------------------------------------------- values
 INT_ODD = [0, -1, -2**31, 2**40, 2**63, 10**20]
 FLOAT_ODD = ["0", "-0.0", "-1", "nan", "inf", "-inf", "1e30", "1e-30", "1e308"]
-# Not "'3'" (a number in quotes): validate() checks the converted copy, the task gets the string (the
-# fuzzer's second finding, for validate's owner; OmegaConf refuses "'abc'" for an int all the same).
-JUNK = ["nope", "null", "[1,2]", "{a: 1}", "true", "1.5", "''"]
+# "'3'": a number in quotes, which validate() converts for the task (the fuzzer's second finding).
+JUNK = ["nope", "null", "[1,2]", "{a: 1}", "true", "1.5", "''", "'3'"]
 
 
 def ints(key: str) -> st.SearchStrategy:

@@ -14,9 +14,11 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 import dgmrun.tasks.train as train_task
 from dgmrun.schema import validate
@@ -65,8 +67,8 @@ def metrics(run: Path) -> dict:
 def killed(monkeypatch, run: Path, batches: int, save: bool, *overrides: str) -> None:
     real = train_task.make_trainer
     with monkeypatch.context() as m:
-        m.setattr(train_task, "make_trainer", lambda cfg, callbacks, loggers, **kw:
-                  real(cfg, [*callbacks, KillAt(batches, save)], loggers, **kw))
+        m.setattr(train_task, "make_trainer", lambda cfg, callbacks, **kw:
+                  real(cfg, [*callbacks, KillAt(batches, save)], **kw))
         with pytest.raises(Killed):
             train(run, *overrides)
 
@@ -102,6 +104,23 @@ def csv_rows(run: Path) -> list[dict]:
 def test_killed_and_resumed_run_ends_bit_identical(tmp_path, monkeypatch, overrides, budget, kill_after, save):
     """Resumed with no trainer options, the run finishes its own budget (not the default 50 epochs) in
     its own run dir, with the weights, best checkpoint, metrics and CSV log of the uninterrupted run."""
+    assert_resume_is_exact(tmp_path, monkeypatch, overrides, budget, kill_after, save)
+
+
+def test_image_folder_read_by_workers_resumes_bit_identical(tmp_path, monkeypatch):
+    """Files decoded by two DataLoader workers, dynamically binarized: the same order and draws after a resume."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    data = ["data=image_folder", f"data.root={folder}", "data.image_size=8", "data.channels=1", "data.batch_size=8",
+            "data.binarize=dynamic", "data.num_workers=2", "data.eval_batch_size=8"]
+    # 32 training images: 4 batches an epoch, killed in the middle of the 2nd
+    assert_resume_is_exact(tmp_path, monkeypatch, [*VAE, *data], ["trainer.max_epochs=2"], 6, True)
+
+
+def assert_resume_is_exact(tmp_path, monkeypatch, overrides, budget, kill_after, save):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train(whole, *overrides, *budget)
     killed(monkeypatch, parts, kill_after, save, *overrides, *budget)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from dgmrun.data import readers
 from dgmrun.data.info import DataInfo
@@ -105,27 +105,77 @@ class RunState(NamedTuple):
     world_size: int = 1
 
 
-class DeviceBatches:
-    """(x, y) batches sliced from tensors that already sit on the training device.
+class BatchOrder:
+    """Which examples each batch of an epoch takes, and where in that order an iteration stands.
 
     Training (``train=True``): each epoch a permutation from a generator seeded by (seed, epoch), the
     same on every rank; rank r takes ``perm[r::world_size]``, cut so all ranks hold the same number of
     examples, in full batches only (the remainder is dropped, so all ranks take the same number of
     steps; a rank with fewer examples than a batch gets one short batch rather than none).
-    ``transform(x, generator)`` then runs on each batch, on the device, with a generator seeded by
-    (seed, epoch, rank) - used for dynamic binarization.
 
     Evaluation (``train=False``): in order, every example exactly once, no padding. On one device,
     batches of ``batch_size`` with a short last batch. Under DDP, rank r takes ``arange(n)[r::world_size]``
     (shards differ in length by at most one) cut into the same number of batches on every rank, so the
     ranks stay in step; batches then hold at most ``batch_size`` examples.
 
-    The state (epoch, rank, world size) is read when iteration starts, from ``state()``.
-
+    The state (epoch, rank, world size) is read when an iteration starts, from ``state()``.
     ``state_dict()`` is the position in the epoch's order (Lightning saves it with every checkpoint);
     after ``load_state_dict``, the next iteration of that epoch starts where it stood, so a run resumed
     from a mid-epoch checkpoint sees the batches (and binarization draws) the uninterrupted run saw.
     """
+
+    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int,
+                 state: Callable[[], RunState] = RunState) -> None:
+        self.n, self.batch_size, self.train, self.seed, self.state = n, batch_size, train, seed, state
+        self._position = (0, 0)  # (epoch, batches yielded) of the current iteration
+        self._resume_at: tuple[int, int] | None = None
+
+    def num_batches(self, st: RunState) -> int:
+        n, bs = self.n, self.batch_size
+        if self.train:
+            per_rank = n // st.world_size
+            return max(per_rank // bs, min(per_rank, 1))
+        return math.ceil(math.ceil(n / st.world_size) / bs)
+
+    def batch_indices(self, st: RunState) -> list[Tensor]:
+        """The (CPU) index tensors of this rank's batches, in order."""
+        n, bs, k = self.n, self.batch_size, self.num_batches(st)
+        if self.train:
+            perm = torch.randperm(n, generator=make_generator(derive_seed(self.seed, "shuffle", st.epoch)))
+            shard = perm[st.rank :: st.world_size][: n // st.world_size]
+            return [shard[i * bs : (i + 1) * bs] for i in range(k)]
+        shard = torch.arange(st.rank, n, st.world_size)
+        if k == 0:
+            return []
+        return list(shard.split(bs)) if st.world_size == 1 else list(torch.tensor_split(shard, k))
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+    def start(self) -> tuple[RunState, int]:
+        """Begin an iteration: (the run state, the number of leading batches to skip to resume)."""
+        st = self.state()
+        resume_at, self._resume_at = self._resume_at, None
+        skip = resume_at[1] if resume_at is not None and resume_at[0] == st.epoch else 0
+        self._position = (st.epoch, skip)
+        return st, skip
+
+    def advance(self, epoch: int, batches: int) -> None:
+        self._position = (epoch, batches)
+
+    def transform_generator(self, st: RunState, *parts: object, device: torch.device | str = "cpu") -> torch.Generator:
+        """The generator of a training transform (dynamic binarization) of this epoch and rank."""
+        return make_generator(derive_seed(self.seed, "transform", st.epoch, st.rank, *parts), device)
+
+
+class DeviceBatches(BatchOrder):
+    """(x, y) batches sliced from tensors that already sit on the training device, in ``BatchOrder``.
+    ``transform(x, generator)`` runs on each training batch, on the device, with a generator seeded by
+    (seed, epoch, rank): dynamic binarization."""
 
     def __init__(
         self,
@@ -138,49 +188,16 @@ class DeviceBatches:
         state: Callable[[], RunState] = RunState,
         transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.train, self.seed, self.state, self.transform = train, seed, state, transform
-        self._position = (0, 0)  # (epoch, batches yielded) of the current iteration
-        self._resume_at: tuple[int, int] | None = None
-
-    def _num_batches(self, st: RunState) -> int:
-        n, bs = len(self.x), self.batch_size
-        if self.train:
-            per_rank = n // st.world_size
-            return max(per_rank // bs, min(per_rank, 1))
-        return math.ceil(math.ceil(n / st.world_size) / bs)
-
-    def batch_indices(self, st: RunState) -> list[Tensor]:
-        """The (CPU) index tensors of this rank's batches, in order."""
-        n, bs, k = len(self.x), self.batch_size, self._num_batches(st)
-        if self.train:
-            perm = torch.randperm(n, generator=make_generator(derive_seed(self.seed, "shuffle", st.epoch)))
-            shard = perm[st.rank :: st.world_size][: n // st.world_size]
-            return [shard[i * bs : (i + 1) * bs] for i in range(k)]
-        shard = torch.arange(st.rank, n, st.world_size)
-        if k == 0:
-            return []
-        return list(shard.split(bs)) if st.world_size == 1 else list(torch.tensor_split(shard, k))
+        super().__init__(len(x), batch_size, train=train, seed=seed, state=state)
+        self.x, self.y, self.transform = x, y, transform
 
     def __len__(self) -> int:
-        return self._num_batches(self.state())
-
-    def state_dict(self) -> dict[str, int]:
-        epoch, batches = self._position
-        return {"epoch": epoch, "batches": batches}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+        return self.num_batches(self.state())
 
     def __iter__(self) -> Iterator[Batch]:
-        st = self.state()
-        resume_at, self._resume_at = self._resume_at, None
-        skip = resume_at[1] if resume_at is not None and resume_at[0] == st.epoch else 0
-        self._position = (st.epoch, skip)
+        st, skip = self.start()
         device = self.x.device
-        generator = None
-        if self.transform is not None:
-            generator = make_generator(derive_seed(self.seed, "transform", st.epoch, st.rank), device)
+        generator = self.transform_generator(st, device=device) if self.transform is not None else None
         for i, idx in enumerate(self.batch_indices(st)):
             if i < skip and self.transform is None:
                 continue
@@ -189,7 +206,7 @@ class DeviceBatches:
             if self.transform is not None:
                 xb = self.transform(xb, generator)  # also on skipped batches: the generator stays in step
             if i >= skip:
-                self._position = (st.epoch, i + 1)
+                self.advance(st.epoch, i + 1)
                 yield xb, self.y[idx]
 
 
@@ -209,6 +226,29 @@ class BaseDataModule(LightningDataModule):
         self.name = name
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self._info: DataInfo | None = None
+        self._train_batches: BatchOrder | None = None
+        self._train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
+
+    # The position in the training order goes into checkpoints twice: Lightning saves the loader's own
+    # state, but restores it only into a loader it builds after the checkpoint is read, and a model whose
+    # configure_optimizers asks for trainer.estimated_stepping_batches has it built before. The
+    # data module's state is restored in either case.
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"train_position": self._train_batches.state_dict()} if self._train_batches is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, dict[str, int]]) -> None:
+        position = state_dict.get("train_position")
+        if position is not None and self._train_batches is not None:
+            self._train_batches.load_state_dict(position)
+        else:
+            self._train_position = position
+
+    def _track(self, batches: BatchOrder) -> None:
+        """``batches`` is the training order whose position checkpoints save (and a restored one applies to)."""
+        if self._train_position is not None:
+            batches.load_state_dict(self._train_position)
+            self._train_position = None
+        self._train_batches = batches
 
     def _load(self) -> DataInfo:
         """Read the data (on the CPU) and describe it; called once."""
@@ -285,22 +325,6 @@ class InMemoryDataModule(BaseDataModule):
         super().__init__(name, batch_size, eval_batch_size, seed)
         self._cpu: dict[str, Batch] = {}
         self._on_device: dict[str, Batch] = {}
-        self._train_batches: DeviceBatches | None = None
-        self._train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
-
-    # The position in the training order goes into checkpoints twice: Lightning saves the loader's own
-    # state, but restores it only into a loader it builds after the checkpoint is read, and a model whose
-    # configure_optimizers asks for trainer.estimated_stepping_batches has it built before. The
-    # data module's state is restored in either case.
-    def state_dict(self) -> dict[str, dict[str, int]]:
-        return {"train_position": self._train_batches.state_dict()} if self._train_batches is not None else {}
-
-    def load_state_dict(self, state_dict: dict[str, dict[str, int]]) -> None:
-        position = state_dict.get("train_position")
-        if position is not None and self._train_batches is not None:
-            self._train_batches.load_state_dict(position)
-        else:
-            self._train_position = position
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
@@ -323,10 +347,7 @@ class InMemoryDataModule(BaseDataModule):
             transform=self.train_transform if train else None,
         )
         if train:
-            if self._train_position is not None:
-                batches.load_state_dict(self._train_position)
-                self._train_position = None
-            self._train_batches = batches
+            self._track(batches)
         return batches
 
     def _split_tensors(self, split: str) -> Batch:
@@ -497,11 +518,10 @@ class ImageFiles(Dataset):
         image_size: int,
         channels: int,
         binarize_seed: int | None,
-        dynamic: bool,
     ) -> None:
         self.paths, self.ids = paths, ids
         self.image_size, self.channels = image_size, channels
-        self.binarize_seed, self.dynamic = binarize_seed, dynamic
+        self.binarize_seed = binarize_seed
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -514,8 +534,6 @@ class ImageFiles(Dataset):
             return error
         if self.binarize_seed is not None:
             x = bernoulli(x, derive_seed(self.binarize_seed, j))
-        elif self.dynamic:
-            x = torch.bernoulli(x)  # worker RNG: seeded by the DataLoader from the global seed
         return x, -1
 
 
@@ -525,15 +543,53 @@ def _collate_images(items: list[tuple[Tensor, int] | DgmrunError]) -> Batch | Dg
     return error if error is not None else default_collate(items)
 
 
+class ImageBatches(IterableDataset):
+    """Training batches of ``files`` in ``order`` (the shuffle, sharding and resume point of the in-memory
+    sets), decoded by a DataLoader's workers: worker w of W reads batches w, w + W, ... of the epoch,
+    which the DataLoader yields back in order. A batch is binarized (``dynamic``) with a generator of its
+    own, seeded by (seed, epoch, rank, batch): the draws, like the order, do not depend on the workers."""
+
+    def __init__(self, files: ImageFiles, order: BatchOrder, dynamic: bool) -> None:
+        self.files, self.order, self.dynamic = files, order, dynamic
+        self.epoch: tuple[RunState, int] = (RunState(), 0)  # (state, batches to skip), set before workers start
+
+    def __len__(self) -> int:
+        return self.order.num_batches(self.order.state())
+
+    def __iter__(self) -> Iterator[Batch | DgmrunError]:
+        st, skip = self.epoch
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i, idx in enumerate(self.order.batch_indices(st)):
+            if i < skip or (i - skip) % workers != worker:
+                continue
+            batch = _collate_images([self.files[j] for j in idx.tolist()])
+            if self.dynamic and not isinstance(batch, DgmrunError):
+                x, y = batch
+                batch = torch.bernoulli(x, generator=self.order.transform_generator(st, i)), y
+            yield batch
+
+
+def _as_is(batch: Batch | DgmrunError) -> Batch | DgmrunError:
+    return batch
+
+
 class ImageLoader(DataLoader):
-    """A DataLoader of ``ImageFiles`` (with ``collate_fn=_collate_images``) that raises an unreadable image's
-    DgmrunError in the main process. The error travels as the batch: raised in a worker, torch would re-raise
-    it with the worker's traceback as its message, and the user would read that instead of one line."""
+    """A DataLoader of ``ImageFiles`` (with ``collate_fn=_collate_images``) or of ``ImageBatches`` that raises
+    an unreadable image's DgmrunError in the main process. The error travels as the batch: raised in a
+    worker, torch would re-raise it with the worker's traceback as its message, and the user would read
+    that instead of one line."""
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in super().__iter__():
+        batches = self.dataset if isinstance(self.dataset, ImageBatches) else None
+        if batches is not None:  # before the workers start, each with a copy of the dataset
+            batches.epoch = batches.order.start()
+        for k, batch in enumerate(super().__iter__()):
             if isinstance(batch, DgmrunError):
                 raise batch
+            if batches is not None:
+                st, skip = batches.epoch
+                batches.order.advance(st.epoch, skip + k + 1)
             yield batch
 
 
@@ -568,31 +624,31 @@ class ImageFolder(ImageOptions, BaseDataModule):
         self.split_indices = split_indices(len(self.paths), self.seed, self.val_fraction, self.test_fraction)
         return DataInfo(self.name, (self.channels, self.image_size, self.image_size), 0, self._levels(256))
 
-    def _dataset(self, split: str, dynamic: bool = False) -> ImageFiles:
+    def _dataset(self, split: str) -> ImageFiles:
         self.load()
         seed = fixed_binarization_seed(self.binarize, self.seed, evaluating=split != "train")
         ids = self.split_indices[split].tolist()
-        return ImageFiles(self.paths, ids, self.image_size, self.channels, seed, dynamic)
+        return ImageFiles(self.paths, ids, self.image_size, self.channels, seed)
 
     def _loader(self, split: str) -> DataLoader:
-        train = split == "train"
-        dataset = self._dataset(split, dynamic=train and self.binarize == "dynamic")
-        return ImageLoader(
-            dataset,
-            collate_fn=_collate_images,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            # Full training batches, like the in-memory sets, unless that would leave none at all.
-            drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=make_generator(derive_seed(self.seed, "shuffle")) if train else None,
-        )
+        dataset = self._dataset(split)
+        # The loader draws its workers' base seed from a generator of its own: from torch's global one, which
+        # the models draw their noise from, it would put a resumed run out of step by a draw per iteration.
+        generator = make_generator(derive_seed(self.seed, "workers"))
+        if split != "train":
+            return ImageLoader(dataset, collate_fn=_collate_images, batch_size=self.eval_batch_size,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               generator=generator)
+        order = BatchOrder(len(dataset), self.batch_size, train=True, seed=self.seed, state=self.run_state)
+        self._track(order)
+        # Workers start afresh each epoch: each copies the dataset with that epoch's order and resume point.
+        return ImageLoader(ImageBatches(dataset, order, dynamic=self.binarize == "dynamic"), batch_size=None,
+                           collate_fn=_as_is, num_workers=self.num_workers, generator=generator)
 
     def _split_tensors(self, split: str) -> Batch:
         dataset = self._dataset(split)
         loader = ImageLoader(dataset, collate_fn=_collate_images, batch_size=self.eval_batch_size,
-                             num_workers=self.num_workers)
+                             num_workers=self.num_workers, generator=make_generator(derive_seed(self.seed, "workers")))
         batches = list(loader)
         if not batches:
             return torch.empty(0, *self.info.shape), torch.empty(0, dtype=torch.int64)

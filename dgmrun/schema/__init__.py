@@ -123,12 +123,13 @@ class TrainerConfig:
 
 
 # ----------------------------------------------------------------------------------- validation
-def _check_node(node: Any, schema: type, prefix: str, allow_extra: bool = False) -> Any:
-    """Merge a config node into its dataclass; re-word OmegaConf's errors with the full key."""
-    if not isinstance(node, DictConfig):
-        raise DgmrunError(f"{prefix} must be a mapping of keys, got {node!r}")
+def _check_node(config_node: Any, schema: type, prefix: str, allow_extra: bool = False) -> Any:
+    """Merge a config node into its dataclass; re-word OmegaConf's errors with the full key; write the
+    checked values back, so that the run sees ``3`` where the command line said ``'3'``."""
+    if not isinstance(config_node, DictConfig):
+        raise DgmrunError(f"{prefix} must be a mapping of keys, got {config_node!r}")
     # Resolve interpolations (``seed: ${seed}``) against the whole config before checking the part alone.
-    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    node = OmegaConf.create(OmegaConf.to_container(config_node, resolve=True))
     if allow_extra:
         names = {f.name for f in fields(schema)}
         node = OmegaConf.masked_copy(node, [k for k in node.keys() if k in names])
@@ -137,6 +138,9 @@ def _check_node(node: Any, schema: type, prefix: str, allow_extra: bool = False)
     except OmegaConfBaseException as e:
         raise DgmrunError(_describe(e, node, schema, prefix)) from None
     checked.check()
+    values = OmegaConf.to_container(OmegaConf.structured(checked))
+    for key in node.keys():
+        config_node[key] = values[key]
     return checked
 
 
@@ -215,6 +219,7 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
             data.binarize = cfg.data.binarize
     if model is not None and data is not None and model_known:
         model.check_data(data.info())
+        model.check_batch_size(data.batch_size)
     if trained_on is not None and data is not None:
         shape = tuple(data.info().shape)
         require(shape == tuple(trained_on.shape),

@@ -109,6 +109,9 @@ class ModelConfig:
     def check_data(self, info: DataInfo) -> None:
         """Refuse data this model cannot take (raises DgmrunError)."""
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse training batches this model cannot learn from (raises DgmrunError)."""
+
 
 def resolve_conv_arch(arch: str, conv_name: str, info: DataInfo) -> str:
     """``auto``: the convolutional network ``conv_name`` for images with sides >= 16 px, else ``mlp``;

@@ -88,6 +88,13 @@ class GANConfig(ModelConfig):
     def check_data(self, info: DataInfo) -> None:
         resolve_gan_arch(self.arch, info)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        # (a training step uses whole packs only: batches of fewer samples than a pack would train nothing)
+        require(batch_size >= 2, f"data.batch_size={batch_size}: a GAN needs at least 2 samples per batch "
+                "(batch norm and the minibatch-stddev feature compare the samples of a batch)")
+        require(batch_size % self.pack == 0, f"data.batch_size={batch_size} is not a multiple of model.pack={self.pack} "
+                f"(D judges packs of {self.pack} samples)")
+
 
 SCHEMAS: dict[str, type[ModelConfig]] = {"dgmrun.models.gan.GAN": GANConfig}
 

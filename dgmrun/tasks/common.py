@@ -173,7 +173,9 @@ def check_accelerator(cfg: DictConfig) -> None:
                           "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default")
 
 
-def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any], **overrides: Any) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = False, **overrides: Any) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` (with ``overrides``), and then its loggers (``make_loggers``): settings
+    Lightning refuses are refused before a logger has written anything into the run dir."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(overrides)
     if "ddp" in str(trainer_cfg.get("strategy", "")):
@@ -181,11 +183,13 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[An
         if trainer_cfg.get("accelerator") == "cpu":
             _share_cpu_threads(int(trainer_cfg.get("devices") or 1))
     try:
-        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
-                           default_root_dir=str(run_dir(cfg)), plugins=[AtomicCheckpointIO()])
+        trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=False, default_root_dir=str(run_dir(cfg)),
+                              plugins=[AtomicCheckpointIO()])
     except InstantiationException as e:  # Lightning's word on impossible trainer settings
         reason = str(e.__cause__ or e).strip().splitlines()[0]
         raise DgmrunError(f"trainer settings rejected by Lightning: {reason}") from None
+    trainer.loggers = make_loggers(cfg, resumed)
+    return trainer
 
 
 def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: DictConfig, results: list[dict[str, Any]],

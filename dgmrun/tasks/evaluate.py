@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from dgmrun.checkpoint import model_from_checkpoint
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import score_sample_file
-from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, pick_device, write_run_files
+from dgmrun.tasks.common import collect_test_metrics, config_from_checkpoint, make_trainer, pick_device, write_run_files
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -22,15 +22,14 @@ def evaluate(cfg: DictConfig) -> float | None:
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.model).to(pick_device(cfg)).eval()
     model.eval_settings = dict(cfg.eval)
     datamodule = instantiate(cfg.data, _convert_="all")
-    loggers = make_loggers(cfg)
+    trainer = make_trainer(cfg, [])
     failed = True
     try:
-        trainer = make_trainer(cfg, [], loggers)
         results = trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = collect_test_metrics(trainer, model, datamodule, cfg, results)
         failed = False
     finally:
-        finish_loggers(loggers, failed)
+        finish_loggers(trainer.loggers, failed)
     metrics["test/checkpoint"] = str(cfg.ckpt_path)
     write_run_files(cfg, metrics)
     nll = metrics.get("test/nll")

@@ -14,7 +14,7 @@ from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, StopOnNonFini
 from dgmrun.checkpoint import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
-from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_loggers, make_trainer, name_logger_run,
+from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_trainer, name_logger_run,
                                  resumed_in_place, run_dir, run_record, write_run_files)
 
 
@@ -52,10 +52,9 @@ def train(cfg: DictConfig) -> float | None:
                  SampleGrids(out / "samples", cfg.sample)]
     if cfg.eval.every_n_epochs > 0:
         callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
-    loggers = make_loggers(cfg, resumed=resumed_in_place(cfg))
+    trainer = make_trainer(cfg, callbacks, resumed=resumed_in_place(cfg))
     failed = True
     try:
-        trainer = make_trainer(cfg, callbacks, loggers)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         metrics["perf/train_samples_per_s"] = throughput.samples_per_s
@@ -69,7 +68,7 @@ def train(cfg: DictConfig) -> float | None:
     except SIGTERMException:  # Lightning stopped at the end of a step for SIGTERM or Ctrl-C
         raise stop_on_signal.stopped() from None
     finally:
-        finish_loggers(loggers, failed)
+        finish_loggers(trainer.loggers, failed)
     write_run_files(cfg, metrics)
     val_loss = metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None

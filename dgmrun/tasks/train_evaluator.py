@@ -34,7 +34,7 @@ from dgmrun.metrics.features import (
     file_sha256,
     load_classifier,
 )
-from dgmrun.tasks.common import make_loggers, make_trainer, write_run_files
+from dgmrun.tasks.common import make_trainer, write_run_files
 
 log = logging.getLogger("dgmrun")
 
@@ -109,19 +109,18 @@ def train_evaluator(cfg: DictConfig) -> float | None:
     epochs = int(task.max_epochs[arch] if isinstance(task.max_epochs, DictConfig) else task.max_epochs)
     module = ClassifierModule(arch, tuple(info.shape), info.num_classes, float(task.lr),
                               float(task.binarize_fraction), epochs)
-    loggers = make_loggers(cfg)
+    trainer = make_trainer(cfg, [], max_epochs=epochs, max_steps=-1, max_time=None, enable_checkpointing=False,
+                           limit_train_batches=None, limit_val_batches=0, limit_test_batches=None,
+                           check_val_every_n_epoch=1)
     failed = True
     start = time.perf_counter()
     try:
-        trainer = make_trainer(cfg, [], loggers, max_epochs=epochs, max_steps=-1, max_time=None,
-                               enable_checkpointing=False, limit_train_batches=None, limit_val_batches=0,
-                               limit_test_batches=None, check_val_every_n_epoch=1)
         trainer.fit(module, train_dataloaders=train_loader)
         seconds = time.perf_counter() - start
         results = trainer.test(module, dataloaders=test_loader, verbose=False)
         failed = False
     finally:
-        finish_loggers(loggers, failed)
+        finish_loggers(trainer.loggers, failed)
     metrics.update(results[0] if results else {})
     if trainer.is_global_zero:
         net = module.net.cpu().eval()
