@@ -49,6 +49,10 @@ def test_the_task_gets_the_checked_values(cfg_factory):
     assert cfg.sample.num == "3"  # OmegaConf keeps a quoted number a string
     validate(cfg)
     assert (cfg.sample.num, cfg.model.latent_dim, cfg.trainer.max_epochs, cfg.data.batch_size) == (3, 4, 2, 16)
+    # An int is a number of batches to Lightning, a float a fraction: neither is turned into the other.
+    limits = cfg_factory("trainer.limit_train_batches=1", "trainer.limit_val_batches=0.5")
+    validate(limits)
+    assert [type(v) for v in (limits.trainer.limit_train_batches, limits.trainer.limit_val_batches)] == [int, float]
 
 
 @pytest.mark.parametrize("model,batch_size,refused", [("gan", 1, "at least 2"), ("infogan", 1, "at least 2"),
@@ -60,6 +64,39 @@ def test_gan_batches_must_hold_whole_packs_of_two_or_more(cfg_factory, model, ba
         return
     with pytest.raises(DgmrunError, match=refused):
         validate(cfg)
+
+
+def test_a_dgmrun_class_without_a_declaration_is_refused(cfg_factory):
+    with pytest.raises(DgmrunError, match=r"model._target_=dgmrun.models.vae.BetterVAE has no declaration.*VAE"):
+        validate(cfg_factory("model._target_=dgmrun.models.vae.BetterVAE"))
+    with pytest.raises(DgmrunError, match=r"data._target_=dgmrun.data.datamodule.Mine has no declaration"):
+        validate(cfg_factory("data._target_=dgmrun.data.datamodule.Mine"))
+
+
+def test_a_users_own_model_must_say_how_to_binarize(cfg_factory):
+    """A class of the user's own passes unchecked, but ``binarize=auto`` has no model declaration to follow."""
+    own = ["model=nade", "model._target_=my_models.NADE"]
+    with pytest.raises(DgmrunError, match="data.binarize=auto: model my_models.NADE declares no choice"):
+        validate(cfg_factory(*own))
+    cfg = cfg_factory(*own, "data.binarize=dynamic")
+    validate(cfg)
+    assert cfg.data.binarize == "dynamic"
+
+
+def test_the_run_dir_and_the_checkpoint_record_what_auto_meant(cfg_factory, tmp_path):
+    from omegaconf import OmegaConf
+
+    from dgmrun.checkpoint import read_checkpoint
+    from dgmrun.tasks.train import train
+
+    cfg = cfg_factory("trainer=debug", "task.test=false", "sample.every_n_epochs=0", "trainer.enable_progress_bar=false")
+    assert (cfg.model.arch, cfg.model.likelihood, cfg.data.binarize) == ("auto", "auto", "auto")
+    validate(cfg)
+    train(cfg)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    stored = OmegaConf.create(read_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))["dgmrun"]["config"])
+    for config in (saved, stored):  # the 8x8 digits: an MLP, and Bernoulli pixels for the binarized data
+        assert (config.model.arch, config.model.likelihood, config.data.binarize) == ("mlp", "bernoulli", "dynamic")
 
 
 def test_relative_roots_become_absolute(cfg_factory, tmp_path, monkeypatch):

@@ -194,6 +194,7 @@ def test_class_accuracy_of_a_class_conditional_sampler(tmp_path, digits_evaluato
 
     class RealDigits(torch.nn.Module):
         data_info, device = datamodule.info, torch.device("cpu")
+        class_conditional, categorical_code = True, False
         sampler_options, sampler, sampler_description = (), GenerativeModel.sampler, GenerativeModel.sampler_description
 
         def __init__(self, shift: int) -> None:
@@ -226,6 +227,7 @@ def test_code_accuracy_of_an_unsupervised_categorical_code(tmp_path, digits_eval
 
     class CodedDigits(torch.nn.Module):
         data_info, device = datamodule.info, torch.device("cpu")
+        class_conditional, categorical_code = False, True
         sampler_description = GenerativeModel.sampler_description
 
         def __init__(self, follows_code: bool) -> None:

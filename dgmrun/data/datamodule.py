@@ -289,6 +289,10 @@ class BaseDataModule(LightningDataModule):
     def _split_tensors(self, split: str) -> Batch:
         raise NotImplementedError
 
+    def modes(self) -> tuple[Tensor, float]:
+        """The centres (K×D) and standard deviation of the mixture the data are drawn from: none but toy2d's."""
+        return torch.empty(0, 2), 0.0
+
     def split_tensors(self, split: str) -> Batch:
         """CPU (x, y) of "train", "val" or "test" (reference data for metrics). Val and test are
         binarized as the model sees them; under dynamic binarization "train" holds the grey levels

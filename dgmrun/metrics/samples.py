@@ -17,7 +17,6 @@ checksum) and sample count. Every score is written with a ``<name>_protocol`` st
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -321,14 +320,12 @@ def _model_batches(model: Any, n: int, batch_size: int, generator: torch.Generat
     """(samples, classes asked for, codes): a class-conditional model is asked for every class in turn; a
     model with an unsupervised categorical code (``sample_by_code``) says which value drew each sample.
     ``settings`` (the run's ``sample`` group) gives the model's sampler options."""
-    conditional = "classes" in inspect.signature(model.sample).parameters
-    classes = list(range(model.data_info.num_classes)) if conditional else None
-    by_code = getattr(model, "sample_by_code", None)
-    sample = model.sampler(classes, settings) if by_code is None else None
+    classes = list(range(model.data_info.num_classes)) if model.class_conditional else None
+    sample = None if model.categorical_code else model.sampler(classes, settings)
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        if by_code is not None:
-            samples, codes = by_code(size, generator)
+        if sample is None:
+            samples, codes = model.sample_by_code(size, generator)
             yield samples, None, codes
         else:  # a conditional model cycles through the classes given: sample i has class i mod K
             yield sample(size, generator), None if classes is None else torch.arange(size) % len(classes), None
@@ -341,8 +338,7 @@ def sample_metrics(model: Any, datamodule: Any, num_samples: int, seed: int, bat
     (PacGAN/VEEGAN protocol: within 3 std of a component; a mode counts with >= 20 such samples), and,
     for images when ``cfg`` (the run config) is given, FID/KID/IS/precision/recall/class metrics.
     Without a feature network for an image dataset the image metrics are skipped with one log line."""
-    modes = getattr(datamodule, "modes", None)
-    centers, std = modes() if modes is not None else (torch.empty(0, 2), 0.0)
+    centers, std = datamodule.modes()
     settings = scorer.sample_cfg if scorer is not None else cfg.get("sample") if cfg is not None else None
     was_training = model.training
     model.eval()
@@ -450,9 +446,8 @@ def score_sample_file(cfg: Any, datamodule: Any, path: str | os.PathLike, seed: 
     """``test/*`` sample metrics of samples made by any tool, against the data's reference statistics."""
     info = datamodule.info
     batches, count = load_samples(path, tuple(info.shape))
-    modes = getattr(datamodule, "modes", None)
     if not info.is_image:
-        centers, std = modes() if modes is not None else (torch.empty(0, 2), 0.0)
+        centers, std = datamodule.modes()
         if len(centers) == 0:
             raise DgmrunError(f"no sample metrics for data={info.name} (only toy2d mixtures and images have some)")
         return toy_metrics(torch.cat(list(batches)), centers, std)

@@ -3,8 +3,13 @@
 A model is a LightningModule (it owns its training step) that also answers three questions:
 
 - ``sample(n, generator)``: a batch in data space (images in [0, 1] as N×C×H×W, points as N×D);
-- ``log_likelihood(x)``: per-example log p(x) in nats (exact, a bound or an estimate), or None;
+- ``log_likelihood(x, labels)``: per-example log p(x) in nats (exact, a bound or an estimate), or None;
 - ``nll_estimator``: how that number is obtained (``exact``, ``elbo``, ``importance-k100``, ...).
+
+and declares what else it can do, for the tasks and metrics to read (never to sniff): whether it is
+``class_conditional`` (then ``sample`` takes ``classes=`` and ``log_likelihood`` is log p(x | labels)),
+whether it has an unsupervised ``categorical_code`` (then ``sample_by_code`` says which value drew each
+sample), and which keys of the run's ``sample`` group its ``sample`` takes (``sampler_options``).
 
 Evaluation (``test_step``) is generic: it logs ``test/nll`` and, when ``log_likelihood`` is a
 probability mass (``likelihood_is_discrete``), ``test/bpd`` from it, plus whatever
@@ -13,8 +18,8 @@ probability mass (``likelihood_is_discrete``), ``test/bpd`` from it, plus whatev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,6 +30,8 @@ from torch import Tensor
 
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
+from dgmrun.schema import EvalConfig
+from dgmrun.schema.base import SCHEDULER_DEFAULTS
 
 
 def make_optimizer(params: Any, settings: dict[str, Any], default_betas: Sequence[float] = (0.9, 0.999)
@@ -54,6 +61,16 @@ def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_im
     return torch.randint(num_classes, (n,), generator=generator, device=device)
 
 
+def reconstruction_grid(x: Tensor, reconstruct: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    """``{"reconstructions": grid}`` of up to 32 images ``x`` (whole rows of 8), each row of inputs above the
+    row of their reconstructions; ``{}`` for fewer than 8 images."""
+    if len(x) < 8:
+        return {}
+    x = x[: min(32, len(x)) // 8 * 8]
+    pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), reconstruct(x).view(-1, 8, *x.shape[1:])], 1)
+    return {"reconstructions": pairs.reshape(-1, *x.shape[1:])}
+
+
 class GenerativeModel(pl.LightningModule):
     # Keys of the run's ``sample`` group that this model's ``sample`` takes as keyword options
     # (DDPM: sampler, steps, eta, guidance); the tasks pass these and no others.
@@ -65,10 +82,19 @@ class GenerativeModel(pl.LightningModule):
         self.data_info = DataInfo.from_dict(data_info)
         self.optimizer_settings = dict(optimizer or {"lr": 1e-3})
         self.scheduler_settings = dict(scheduler) if scheduler else None
-        # Evaluation settings (the run's `eval` config group); tasks set them before testing.
-        self.eval_settings: dict[str, Any] = {"num_importance_samples": 100, "batch_size": 100}
+        self.eval_settings = {}
         # The resolved run config and provenance, written into every checkpoint by the tasks.
         self.run_record: dict[str, Any] = {}
+
+    @property
+    def eval_settings(self) -> dict[str, Any]:
+        """The run's ``eval`` config group, which the tasks set before testing; keys not set have the
+        defaults of ``dgmrun.schema.EvalConfig`` (a model used outside a task has all of them)."""
+        return self._eval_settings
+
+    @eval_settings.setter
+    def eval_settings(self, settings: Mapping[str, Any]) -> None:
+        self._eval_settings = {**dataclasses.asdict(EvalConfig()), **settings}
 
     # ------------------------------------------------------------------ the interface
     @property
@@ -83,10 +109,22 @@ class GenerativeModel(pl.LightningModule):
         data's levels (NADE, PixelCNN). Models with a decoder likelihood ask it (``Likelihood.is_mass``)."""
         return self.data_info.levels is not None
 
+    @property
+    def class_conditional(self) -> bool:
+        return False
+
+    @property
+    def categorical_code(self) -> bool:
+        return False
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def log_likelihood(self, x: Tensor) -> Tensor | None:
+    def sample_by_code(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` samples and the value of the categorical code that drew each (models with a ``categorical_code``)."""
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor | None:
         return None
 
     def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None
@@ -97,7 +135,7 @@ class GenerativeModel(pl.LightningModule):
         options = {key: settings[key] for key in self.sampler_options} if settings is not None else {}
         if classes is None:
             return functools.partial(self.sample, **options) if options else self.sample
-        if "classes" not in inspect.signature(self.sample).parameters:
+        if not self.class_conditional:
             raise DgmrunError(f"sample.classes={list(classes)}: model {type(self).__name__} is not class-conditional")
         bad = [c for c in classes if not 0 <= c < self.data_info.num_classes]
         if bad:
@@ -122,17 +160,17 @@ class GenerativeModel(pl.LightningModule):
         return nll / (self.data_info.num_dims * math.log(2))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
+        x, y = batch
         # Always evaluate in float32: under bf16 autocast, log-likelihoods of ~100 nats would carry errors
         # of ~0.5 nat (8 bits of mantissa), more than the differences between models that papers report.
         with torch.autocast(self.device.type, enabled=False):
-            metrics = self._test_metrics(x.float())
+            metrics = self._test_metrics(x.float(), y if self.class_conditional else None)
         for name, values in metrics.items():
             self.log(f"test/{name}", values.mean(), batch_size=len(x), sync_dist=True)
 
-    def _test_metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def _test_metrics(self, x: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         metrics = dict(self.extra_test_metrics(x))
-        log_px = self.log_likelihood(x)
+        log_px = self.log_likelihood(x, labels)
         if log_px is not None:
             metrics["nll"] = -log_px
             if self.likelihood_is_discrete:  # bits/dim only for probability masses
@@ -171,22 +209,36 @@ class GenerativeModel(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        """``model.scheduler``: cosine decay over the whole run (per step), linear warm-up over ``warmup_steps``
-        then constant (per step; DDPM's schedule), or step decay (per epoch)."""
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, updates: float | None = None) -> dict[str, Any] | None:
+        """``model.scheduler`` of ``optimizer``: cosine decay to 0 over its ``updates`` (default: the run's
+        ``trainer.estimated_stepping_batches``; 10**6 when the run has no step budget) (per step), linear warm-up
+        over ``warmup_steps`` then constant (per step; DDPM's schedule), or step decay (per epoch)."""
         settings = self.scheduler_settings
         if settings is None:
             return None
+        get = lambda key: settings.get(key, SCHEDULER_DEFAULTS[key])  # noqa: E731
         if settings["name"] == "warmup":
-            steps = settings.get("warmup_steps", 5000)
+            steps = get("warmup_steps")
             warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
             return {"scheduler": warmup, "interval": "step"}
         if settings["name"] == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
+            total = float(self.trainer.estimated_stepping_batches if updates is None else updates)
+            total = max(1, int(total) if math.isfinite(total) else 10**6)
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
-        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.get("step_size", 10),
-                                               gamma=settings.get("gamma", 0.5))
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=get("step_size"), gamma=get("gamma"))
         return {"scheduler": step, "interval": "epoch"}
+
+    def step_schedulers(self, interval: str, optimizers: Sequence[int] | None = None) -> None:
+        """Under manual optimization, which Lightning leaves to the model: step the schedulers that go by
+        ``interval`` ("step": call after an update; "epoch": done at each epoch's end), of the optimizers
+        with these indices (default: all)."""
+        for i, config in enumerate(self.trainer.lr_scheduler_configs):
+            if config.interval == interval and (optimizers is None or i in optimizers):
+                config.scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            self.step_schedulers("epoch")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dgmrun"] = self.run_record

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dgmrun.models.base import reconstruction_grid
 from dgmrun.models.gan import G_REAL_LOSSES, GAN
 from dgmrun.nets.conv import conv_encoder
 from dgmrun.nets.gan_blocks import MinibatchStd, maybe_sn, pack_samples
@@ -106,9 +107,4 @@ class BiGAN(GAN):
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
-        if not self.data_info.is_image or len(x) < 8:
-            return {}
-        x = x[: min(32, len(x)) // 8 * 8]  # whole rows of 8
-        recon = self.reconstruct(x)
-        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1)
-        return {"reconstructions": pairs.reshape(-1, *x.shape[1:])}
+        return reconstruction_grid(x, self.reconstruct) if self.data_info.is_image else {}

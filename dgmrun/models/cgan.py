@@ -51,6 +51,10 @@ class _Conditional(GAN):
     def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.generator(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1))
 
+    @property
+    def class_conditional(self) -> bool:
+        return True
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, classes: Sequence[int] | None = None) -> Tensor:
         """n samples of the given classes (cycled), or of one row of 8 per class / random classes (see above)."""

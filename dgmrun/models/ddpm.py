@@ -248,6 +248,10 @@ class DDPM(GenerativeModel):
             text += f", guidance {options.get('guidance', 1.0)}"
         return text + (", EMA weights" if self.ema is not None else "")
 
+    @property
+    def class_conditional(self) -> bool:
+        return self.num_classes > 0
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, classes: Sequence[int] | None = None,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, guidance: float = 1.0) -> Tensor:
@@ -287,7 +291,7 @@ class DDPM(GenerativeModel):
     def bound_timesteps(self) -> int:
         """``eval.bound_timesteps``: 0 sums all T terms of the bound; K > 0 estimates the sum over t >= 1 from
         K timesteps drawn uniformly per example (unbiased; L_T and L_0 always exactly)."""
-        k = int(self.eval_settings.get("bound_timesteps", 0))
+        k = int(self.eval_settings["bound_timesteps"])
         return 0 if k >= self.diffusion.num_timesteps - 1 else k
 
     @property
@@ -336,6 +340,6 @@ class DDPM(GenerativeModel):
                 total = total + (T - 1) / k * self.bound_terms(x, t, generator)
         return total
 
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         # An upper bound on the NLL, so this is a lower bound on log p(x).
         return -self.negative_bound(x)

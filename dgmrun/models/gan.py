@@ -313,33 +313,13 @@ class GAN(GenerativeModel):
         Manual optimization does not step schedulers: ``training_step`` and ``on_train_epoch_end`` do.
         Returned to Lightning so that their state is saved in checkpoints.
         """
-        settings = self.scheduler_settings
-        if settings is None:
+        if self.scheduler_settings is None:
             return []
         k = self.n_critic
         batches = float(self.trainer.estimated_stepping_batches)
         if self.trainer.max_steps and self.trainer.max_steps > 0:  # max_steps counts D and G updates
             batches = min(batches, math.ceil(self.trainer.max_steps * k / (k + 1)))
-        batches = int(batches) if math.isfinite(batches) else 10**6
-        out = []
-        for opt, updates in ((opt_d, batches), (opt_g, batches // k)):
-            if settings["name"] == "cosine":
-                scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, updates))
-                out.append({"scheduler": scheduler, "interval": "step"})
-            else:
-                scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.get("step_size", 10),
-                                                            gamma=settings.get("gamma", 0.5))
-                out.append({"scheduler": scheduler, "interval": "epoch"})
-        return out
-
-    def _schedulers(self) -> list[tuple[Any, str]]:
-        """(scheduler of D, interval), (scheduler of G, interval), or nothing."""
-        if self.scheduler_settings is None:
-            return []
-        interval = "step" if self.scheduler_settings["name"] == "cosine" else "epoch"
-        scheds = self.lr_schedulers()
-        scheds = scheds if isinstance(scheds, list) else [scheds]
-        return [(s, interval) for s in scheds]
+        return [self.make_scheduler(opt_d, batches), self.make_scheduler(opt_g, batches // k)]
 
     @contextlib.contextmanager
     def _frozen(self, params: list[nn.Parameter]) -> Iterator[None]:
@@ -391,9 +371,7 @@ class GAN(GenerativeModel):
             logs["g_loss"] = g_loss.detach()
             if self.ema is not None:
                 self.ema.update(self.generator)
-        for player, (scheduler, interval) in zip("dg", self._schedulers()):
-            if interval == "step" and (player == "d" or g_turn):
-                scheduler.step()
+        self.step_schedulers("step", (0, 1) if g_turn else (0,))  # D's after each of its updates, G's after its own
         if log_now:  # self.log costs ~1 ms a call on a busy CPU: only on the steps the loggers write
             self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=len(x))
             self.log_dict({k: v for k, v in (("d", logs["d_loss"]), ("g", logs.get("g_loss"))) if v is not None},
@@ -404,11 +382,6 @@ class GAN(GenerativeModel):
         counted across epochs (not optimizer steps) and the last one."""
         every = self.trainer.log_every_n_steps
         return every > 0 and ((self.trainer.fit_loop.total_batch_idx + 1) % every == 0 or self.trainer.should_stop)
-
-    def on_train_epoch_end(self) -> None:
-        for scheduler, interval in self._schedulers():
-            if interval == "epoch":
-                scheduler.step()
 
     # ------------------------------------------------------------------ GenerativeModel
     @property

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, reconstruction_grid
 from dgmrun.nets.mlp import mlp
 
 MEDIAN_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -124,9 +124,6 @@ class GMMN(GenerativeModel):
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
-        if self.space != "code" or not self.data_info.is_image or len(x) < 8:
+        if self.space != "code" or not self.data_info.is_image:
             return {}
-        x = x[: min(32, len(x)) // 8 * 8]  # whole rows of 8
-        recon = self._decode(self.encoder(x))
-        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1)
-        return {"reconstructions": pairs.reshape(-1, *x.shape[1:])}
+        return reconstruction_grid(x, lambda images: self._decode(self.encoder(images)))

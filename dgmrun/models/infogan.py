@@ -110,17 +110,19 @@ class InfoGAN(GAN):
     def d_parameters(self) -> list[nn.Parameter]:
         return super().d_parameters() + list(self.q_head.parameters())
 
+    @property
+    def categorical_code(self) -> bool:
+        return self.num_categorical > 0
+
     @torch.no_grad()
-    def sample_by_code(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    def sample_by_code(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n`` samples (data space, EMA generator) whose first categorical code takes its values in turn
-        (sample i: value i mod categorical_dim), and those values (None without categorical codes). The
-        evaluation scores how well the code picks the class (``test/code_accuracy``)."""
+        (sample i: value i mod categorical_dim), and those values. The evaluation scores how well the code
+        picks the class (``test/code_accuracy``)."""
         z = self.draw_noise(n, generator)
         cat, cont = self.sample_codes(n, generator)
-        values = None
-        if self.num_categorical:
-            values = torch.arange(n, device=self.device) % self.categorical_dim
-            cat[:, 0] = values
+        values = torch.arange(n, device=self.device) % self.categorical_dim
+        cat[:, 0] = values
         return self.samples_from_latent(self.latent(z, cat, cont)), values
 
     # ------------------------------------------------------------------ figures

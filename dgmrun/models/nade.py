@@ -43,7 +43,7 @@ class NADE(GenerativeModel):
         h = torch.sigmoid(a)
         return self.b + (h * self.V).sum(-1)
 
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Exact log p(x) per example. Without gradients (evaluation), in chunks of 64 examples: the
         N×D×H hidden pre-activations of a 500-example test batch would take gigabytes."""
         if not torch.is_grad_enabled() and len(x) > 64:

@@ -70,20 +70,16 @@ class PixelCNN(GenerativeModel):
         loss = -self.log_prob(x, y).mean()
         self.log_dict({"val/loss": loss, "val/bpd": self.bits_per_dim(loss)}, batch_size=len(x), sync_dist=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self._test_labels = y  # the conditional model's NLL is -log p(x | y)
-        super().test_step(batch, batch_idx)
-
     # ------------------------------------------------------------------ GenerativeModel
+    @property
+    def class_conditional(self) -> bool:
+        return self.conditional
+
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor) -> Tensor:
-        labels = getattr(self, "_test_labels", None) if self.conditional else None
-        if labels is not None and len(labels) != len(x):
-            labels = None
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.conditional and labels is None:
-            raise ValueError("the conditional PixelCNN needs labels: call log_prob(x, labels)")
-        return self.log_prob(x, labels)
+            raise ValueError("the conditional PixelCNN's likelihood is log p(x | labels): give the labels")
+        return self.log_prob(x, labels if self.conditional else None)
 
     def grid_labels(self, n: int, classes: Sequence[int] | None = None) -> Tensor:
         """Labels of n samples in rows of 8: row r has class classes[r % len(classes)] (default: all classes)."""

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.metrics.likelihood import ais_log_partition, bernoulli, raise_log_likelihood
-from dgmrun.models.base import GenerativeModel, make_optimizer
-from dgmrun.schema import EvalConfig
+from dgmrun.models.base import GenerativeModel, make_optimizer, reconstruction_grid
+from dgmrun.schema.likelihood_models import resolve_rbm_visible
 
 AIS_SEED = 1234  # fixed, so task=eval gives the same log Z (and RAISE) for the same checkpoint and settings
 
@@ -55,7 +55,7 @@ class RBM(GenerativeModel):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
-        self.gaussian = visible == "gaussian" or (visible == "auto" and not info.is_binary)
+        self.gaussian = resolve_rbm_visible(visible, info) == "gaussian"
         self.cd_k, self.persistent, self.sample_gibbs_steps = cd_k, persistent, sample_gibbs_steps
         d = info.num_dims
         self.W = nn.Parameter(torch.randn(d, hidden_dim) * 0.01)
@@ -152,22 +152,15 @@ class RBM(GenerativeModel):
             n = self.data_seen + len(v)
             self.data_mean += (v.sum(0) - len(v) * self.data_mean) / n
             self.data_seen.copy_(n)
-        loss, self.last_negative = self.cd_gradients(v)
+        loss, _ = self.cd_gradients(v)
         self.check_finite("train/loss", loss)
         self.optimizers().step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self.scheduler_settings["name"] == "cosine":  # per-step schedule
-            scheduler.step()
+        self.step_schedulers("step")
         if batch_idx % 10 == 0:  # every 10th update only: one more matrix product, and logging has a cost
             with torch.no_grad():
                 recon = self.reconstruction_error(v).mean()
             self.log_dict({"train/recon_error": recon, "train/loss": loss}, batch_size=len(x))
             self.log("recon", recon, prog_bar=True, logger=False, batch_size=len(x))
-
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self.scheduler_settings["name"] != "cosine":  # per-epoch schedule
-            scheduler.step()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
@@ -189,9 +182,7 @@ class RBM(GenerativeModel):
     # ------------------------------------------------------------------ GenerativeModel
     def ais_settings(self) -> dict[str, int]:
         """AIS chains, betas and runs and the RAISE examples (``eval.ais_*``, ``eval.raise_examples``)."""
-        defaults = EvalConfig()  # a model used outside a task (no eval settings) gets the config's defaults
-        return {key: int(self.eval_settings.get(key, getattr(defaults, key)))
-                for key in ("ais_chains", "ais_betas", "ais_runs", "raise_examples")}
+        return {key: int(self.eval_settings[key]) for key in ("ais_chains", "ais_betas", "ais_runs", "raise_examples")}
 
     @property
     def nll_estimator(self) -> str:
@@ -223,7 +214,7 @@ class RBM(GenerativeModel):
         self._raise_sums = {"log_z": 0.0, "raised": 0, "free_energy": 0.0, "examples": 0}
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         log_z, _ = self.log_partition()
         return -self.free_energy(x.flatten(1)) - log_z
 
@@ -283,12 +274,9 @@ class RBM(GenerativeModel):
     def figures(self, x: Tensor) -> dict[str, Tensor]:
         if not self.data_info.is_image or len(x) < 8:
             return {}
-        x = x[: min(32, len(x)) // 8 * 8]
-        v = x.flatten(1)
-        recon = self.visible_mean(self.hidden_probs(v)).clamp(0, 1).view_as(x)
-        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1).reshape(-1, *x.shape[1:])
+        grid = reconstruction_grid(x, lambda v: self.visible_mean(self.hidden_probs(v.flatten(1))).clamp(0, 1).view_as(v))
         # Receptive fields of the first 64 hidden units, each scaled to [0, 1].
         w = self.W[:, :64].T
         lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
         filters = ((w - lo) / (hi - lo + 1e-8)).reshape(-1, *self.data_info.shape)
-        return {"reconstructions": pairs, "filters": filters}
+        return {**grid, "filters": filters}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, reconstruction_grid
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
@@ -118,7 +118,7 @@ class VAE(GenerativeModel):
         return self.likelihood.is_mass  # a Gaussian decoder on images gives a density: no bits/dim
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         k = int(self.eval_settings["num_importance_samples"])
         chunk = max(1, 20_000 // len(x))  # bounds the decoder batch to ~20k examples
         log_w = torch.cat([self.log_importance_weights(x, min(chunk, k - start)) for start in range(0, k, chunk)])
@@ -144,13 +144,10 @@ class VAE(GenerativeModel):
     def figures(self, x: Tensor) -> dict[str, Tensor]:
         if not self.data_info.is_image or len(x) < 16:
             return {}
-        x = x[: min(32, len(x)) // 8 * 8]  # whole rows of 8
-        mu, _ = self.encode(x)
-        reconstructions = self._to_data(self.decode(mu), None)
-        # Rows of 8: inputs and their reconstructions interleaved, row by row.
-        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), reconstructions.view(-1, 8, *x.shape[1:])], 1)
+        mu, _ = self.encode(x[:16])
         # Latent interpolations between consecutive pairs of posterior means, 8 steps each.
         steps = torch.linspace(0, 1, 8, device=mu.device).view(1, 8, 1)
         starts, ends = mu[0:16:2], mu[1:16:2]  # 8 rows
         z = (starts[:, None] * (1 - steps) + ends[:, None] * steps).reshape(-1, self.latent_dim)
-        return {"reconstructions": pairs.reshape(-1, *x.shape[1:]), "interpolations": self._to_data(self.decode(z), None)}
+        return {**reconstruction_grid(x, lambda images: self._to_data(self.decode(self.encode(images)[0]), None)),
+                "interpolations": self._to_data(self.decode(z), None)}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from dgmrun.checkpoint import load_model
 from dgmrun.errors import DgmrunError
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, reconstruction_grid
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.masked import PixelCNNNet
 from dgmrun.schema import resolve_ckpt_path
@@ -80,7 +80,7 @@ class VQVAE(GenerativeModel):
     def decode(self, z_q: Tensor) -> Tensor:
         return self.decoder(z_q)
 
-    def decode_codes(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def decode_codes(self, codes: Tensor) -> Tensor:
         """Images shown as the decoder's mean, like the VAE's sample grids."""
         return self.likelihood.mean(self.decode(self.embed(codes)))
 
@@ -144,7 +144,7 @@ class VQVAE(GenerativeModel):
         return torch.full((len(codes),), -h * w * math.log(self.num_codes), device=codes.device)
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         log_px, _, _, codes = self.losses(x)
         return log_px + self.prior_log_prob(codes)
 
@@ -160,12 +160,7 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
-        if len(x) < 8:
-            return {}
-        x = x[: min(32, len(x)) // 8 * 8]
-        recon = self.decode_codes(self.encode_codes(x))
-        pairs = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.view(-1, 8, *x.shape[1:])], 1)
-        return {"reconstructions": pairs.reshape(-1, *x.shape[1:])}
+        return reconstruction_grid(x, lambda images: self.decode_codes(self.encode_codes(images)))
 
 
 class VQVAEPrior(GenerativeModel):
@@ -224,7 +219,7 @@ class VQVAEPrior(GenerativeModel):
         return self.vqvae.likelihood_is_discrete
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         log_px, _, _, codes = self.vqvae.losses(x)
         return log_px + self.prior_log_prob(codes)
 

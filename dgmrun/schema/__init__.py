@@ -3,7 +3,8 @@
 The YAML files under ``conf/`` hold the values; the dataclasses here hold the types. ``validate``
 merges each composed group into its dataclass (OmegaConf converts ``"3"`` to 3 and refuses ``"abc"``
 for an int), then the dataclasses' ``check`` methods refuse values that make no sense. Models and
-datasets are looked up by their ``_target_``; a user's own ``_target_`` is passed through unchecked.
+datasets are looked up by their ``_target_``: every class of dgmrun's own has its declaration here (one
+without is refused), while a user's own ``_target_`` is passed through unchecked.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class EvalConfig:
     batch_size: int = 100
     num_samples: int = 2500
     ais_chains: int = 100
-    ais_betas: int = 1000
+    ais_betas: int = 14500
     ais_runs: int = 2
     raise_examples: int = 100
     bound_timesteps: int = 0
@@ -106,9 +107,10 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     precision: Any = "32-true"
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    # Lightning reads an int as a number of batches and a float as a fraction of them: both are kept as given.
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
+    limit_test_batches: Optional[Union[int, float]] = None
     check_val_every_n_epoch: Optional[int] = 1
     log_every_n_steps: Optional[int] = None
     gradient_clip_val: Optional[float] = None
@@ -138,10 +140,16 @@ def _check_node(config_node: Any, schema: type, prefix: str, allow_extra: bool =
     except OmegaConfBaseException as e:
         raise DgmrunError(_describe(e, node, schema, prefix)) from None
     checked.check()
-    values = OmegaConf.to_container(OmegaConf.structured(checked))
-    for key in node.keys():
-        config_node[key] = values[key]
+    _write_back(config_node, checked)
     return checked
+
+
+def _write_back(config_node: DictConfig, checked: Any) -> None:
+    """The checked (converted, resolved) values of the keys ``config_node`` has."""
+    values = OmegaConf.to_container(OmegaConf.structured(checked))
+    for key in list(config_node.keys()):
+        if key in values:
+            config_node[key] = values[key]
 
 
 def _describe(e: OmegaConfBaseException, node: DictConfig, schema: type, prefix: str) -> str:
@@ -193,6 +201,16 @@ def resolve_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def _declaration(group: str, node: Any, schemas: dict[str, type], package: str) -> Optional[type]:
+    """The schema of ``node``'s ``_target_``; None for a user's own class (outside ``package``), which passes
+    unchecked; an error for one of dgmrun's own without a declaration."""
+    target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+    if target in schemas or not str(target).startswith(package):
+        return schemas.get(target)
+    raise DgmrunError(f"{group}._target_={target} has no declaration in dgmrun.schema; dgmrun's {group} classes: "
+                      f"{', '.join(sorted(t.rsplit('.', 1)[-1] for t in schemas))}")
+
+
 def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optional[DataInfo] = None) -> None:
     """Check types and values of every group, and that the model can take the data.
 
@@ -204,8 +222,8 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     # user's seed=..., not data.seed.
     require(isinstance(cfg.seed, int), f"seed={cfg.seed!r} has the wrong type: expected int")
     require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (numpy's range), got {cfg.seed}")
-    model_schema = MODEL_SCHEMAS.get(cfg.model.get("_target_", ""))
-    data_schema = DATA_SCHEMAS.get(cfg.data.get("_target_", ""))
+    model_schema = _declaration("model", cfg.model, MODEL_SCHEMAS, "dgmrun.models.")
+    data_schema = _declaration("data", cfg.data, DATA_SCHEMAS, "dgmrun.data.")
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
     data = _check_node(cfg.data, data_schema, "data") if data_schema else None
     _check_node(cfg.sample, SampleConfig, "sample")
@@ -214,12 +232,16 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     scoring_files = cfg.task.name == "eval" and cfg.ckpt_path is None  # eval.samples: no model is involved
     model_known = (cfg.ckpt_path is None or checkpoint_merged) and not scoring_files
     if (model_known or scoring_files) and cfg.data.get("binarize") == "auto":  # the loaders never see auto
+        require(model_schema is not None or not model_known,
+                f"data.binarize=auto: model {cfg.model.get('_target_')} declares no choice of its own; set "
+                "data.binarize=none, static or dynamic")
         cfg.data.binarize = model_schema.binarize_auto if model_known and model_schema else "none"
         if data is not None:
             data.binarize = cfg.data.binarize
     if model is not None and data is not None and model_known:
         model.check_data(data.info())
         model.check_batch_size(data.batch_size)
+        _write_back(cfg.model, model)  # "auto" resolved for this data: what the checkpoint records
     if trained_on is not None and data is not None:
         shape = tuple(data.info().shape)
         require(shape == tuple(trained_on.shape),

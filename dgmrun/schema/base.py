@@ -69,8 +69,9 @@ class OptimizerConfig:
 
 
 SCHEDULERS = ("cosine", "step", "warmup")
-# step: StepLR, defaults 10, 0.5; warmup: linear warm-up over warmup_steps (default 5000), then constant
+# step: StepLR; warmup: linear warm-up over warmup_steps, then constant (see GenerativeModel.make_scheduler)
 SCHEDULER_KEYS = {"cosine": ("name",), "step": ("name", "step_size", "gamma"), "warmup": ("name", "warmup_steps")}
+SCHEDULER_DEFAULTS = {"step_size": 10, "gamma": 0.5, "warmup_steps": 5000}
 
 
 def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
@@ -81,11 +82,11 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
     takes = SCHEDULER_KEYS[scheduler["name"]]
     for key in scheduler:
         require(key in takes, f"unknown key model.scheduler.{key}; the {scheduler['name']} scheduler takes: {', '.join(takes)}")
-    step_size, gamma = scheduler.get("step_size", 10), scheduler.get("gamma", 0.5)
+    step_size, gamma = (scheduler.get(key, SCHEDULER_DEFAULTS[key]) for key in ("step_size", "gamma"))
     require(type(step_size) is int and step_size >= 1, f"model.scheduler.step_size must be an integer >= 1, got {step_size!r}")
     require(type(gamma) in (int, float) and math.isfinite(gamma) and gamma > 0,
             f"model.scheduler.gamma must be a number > 0, got {gamma!r}")
-    steps = scheduler.get("warmup_steps", 5000)
+    steps = scheduler.get("warmup_steps", SCHEDULER_DEFAULTS["warmup_steps"])
     require(type(steps) is int and steps >= 1, f"model.scheduler.warmup_steps must be an integer >= 1, got {steps!r}")
 
 
@@ -107,7 +108,7 @@ class ModelConfig:
         check_scheduler(self.scheduler)
 
     def check_data(self, info: DataInfo) -> None:
-        """Refuse data this model cannot take (raises DgmrunError)."""
+        """Refuse data this model cannot take (raises DgmrunError), and resolve the keys that say ``auto``."""
 
     def check_batch_size(self, batch_size: int) -> None:
         """Refuse training batches this model cannot learn from (raises DgmrunError)."""

@@ -86,7 +86,7 @@ class GANConfig(ModelConfig):
                  f"model.ema_decay must be in [0, 1) or null, got {self.ema_decay}")
 
     def check_data(self, info: DataInfo) -> None:
-        resolve_gan_arch(self.arch, info)
+        self.arch = resolve_gan_arch(self.arch, info)
 
     def check_batch_size(self, batch_size: int) -> None:
         # (a training step uses whole packs only: batches of fewer samples than a pack would train nothing)

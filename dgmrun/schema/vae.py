@@ -52,7 +52,7 @@ class VAEConfig(ModelConfig):
         require(self.kl_warmup_steps >= 0, f"model.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}")
 
     def check_data(self, info: DataInfo) -> None:
-        resolve_vae_choices(self.arch, self.likelihood, info)
+        self.arch, self.likelihood = resolve_vae_choices(self.arch, self.likelihood, info)
 
 
 SCHEMAS: dict[str, type[ModelConfig]] = {"dgmrun.models.vae.VAE": VAEConfig}

@@ -26,7 +26,7 @@ import dgmrun
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
-from dgmrun.io import write_json
+from dgmrun.io import atomic_open, write_json
 from dgmrun.loggers import continue_logs, flatten
 from dgmrun.metrics.samples import sample_metrics
 
@@ -205,11 +205,15 @@ def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: 
 
 @rank_zero_only
 def write_run_files(cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """metrics.json (flat name -> number or describing string) and provenance.json, then a summary."""
+    """metrics.json (flat name -> number or describing string), provenance.json and config.yaml (the config as
+    checked and resolved: ``auto`` replaced by what it meant for this data; Hydra's .hydra/config.yaml is
+    the config as composed), then a summary."""
     out = run_dir(cfg)
     clean = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in metrics.items() if v is not None}
     write_json(out / "metrics.json", clean)
     write_json(out / "provenance.json", provenance())
+    with atomic_open(out / "config.yaml", "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
     numbers = [f"{k}={v:.4g}" for k, v in sorted(clean.items()) if isinstance(v, float) and k.startswith("test/")]
     if numbers:
         print("metrics: " + "  ".join(numbers))
