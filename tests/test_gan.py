@@ -249,6 +249,15 @@ def test_cosine_schedule_spans_each_players_updates():
     assert opt_g.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_warmup_schedule_steps_with_each_players_updates():
+    """Linear warm-up over 8 updates, for D after each of its updates and for G after each of its own."""
+    model = small_gan(n_critic=2, scheduler={"name": "warmup", "warmup_steps": 8})
+    fit(model, toy_data(), max_steps=12, max_epochs=-1)  # 8 D and 4 G updates
+    opt_d, opt_g = (o.optimizer for o in model.optimizers())
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(1e-3)  # warmed up: min(1, (8 + 1) / 8) of lr
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * 5 / 8)
+
+
 def test_max_time_stops_the_run():
     model = small_gan()
     trainer = fit(model, toy_data(n=100_000, batch_size=64), max_epochs=-1, max_time={"seconds": 2})
