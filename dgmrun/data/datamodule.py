@@ -30,8 +30,9 @@ Batch = tuple[Tensor, Tensor]
 SPLITS = ("train", "val", "test")
 BINARIZE_MODES = ("none", "static", "dynamic")
 # Seeds what must not depend on the run seed: the one Bernoulli draw of validation/test data under
-# dynamic binarization, and the test images of sets without an official test split. Test NLLs of
-# runs with different seeds are then measured on identical data and can be compared.
+# dynamic binarization, the test images of sets without an official test split, and the reference side
+# of the sample metrics. Test NLLs (and FIDs) of runs with different seeds are then measured on
+# identical data and can be compared.
 EVAL_SEED = 20240601
 
 

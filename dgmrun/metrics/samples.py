@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dgmrun.data.datamodule import EVAL_SEED, bernoulli, derive_seed
 from dgmrun.errors import DgmrunError
 from dgmrun.io import atomic_open, sample_in_batches
 from dgmrun.metrics.features import (
@@ -54,8 +55,6 @@ log = logging.getLogger("dgmrun")
 
 FEATURE_BATCH = 500
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Seeds of the reference side, fixed so that cached references do not depend on the run seed.
-REFERENCE_SEED = 20240601
 
 
 def _setting(eval_cfg: Any, key: str, default: Any) -> Any:
@@ -132,18 +131,16 @@ def reference_images(data_cfg: Any, split: str, num: int = 0) -> Tensor:
     training pool), so one cached reference serves every run."""
     from hydra.utils import instantiate
 
-    from dgmrun.data.datamodule import bernoulli, derive_seed
-
     overrides: dict[str, Any] = {"binarize": "none"} if "binarize" in data_cfg else {}
     if "seed" in data_cfg:
         overrides["seed"] = 0
     datamodule = instantiate(data_cfg, _convert_="all", **overrides)
     x, _ = datamodule.split_tensors(split)
     if num and num < len(x):
-        generator = torch.Generator().manual_seed(derive_seed(REFERENCE_SEED, "subset", split))
+        generator = torch.Generator().manual_seed(derive_seed(EVAL_SEED, "subset", split))
         x = x[torch.randperm(len(x), generator=generator)[:num].sort().values]
     if reference_view(data_cfg) == "bernoulli":
-        x = bernoulli(x, derive_seed(REFERENCE_SEED, "reference", split))
+        x = bernoulli(x, derive_seed(EVAL_SEED, "reference", split))
     return x
 
 
@@ -177,7 +174,7 @@ def reference_statistics(network: FeatureNetwork, data_cfg: Any, cache_dir: str 
     x = reference_images(data_cfg, split, num) if images is None else images
     if len(x) < 2:
         raise DgmrunError(f"the {split} split has {len(x)} images: too few for reference statistics")
-    stream = FeatureStream(pool_size, REFERENCE_SEED)
+    stream = FeatureStream(pool_size, EVAL_SEED)
     for batch in x.split(FEATURE_BATCH):
         feats, _ = network(batch)
         stream.update(feats)
