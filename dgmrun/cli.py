@@ -150,7 +150,16 @@ def unknown_key_message(full_key: str, key: str, parent: Any) -> str:
     names = [n for n in names if not n.startswith("_") and (prefix or n != "hydra")]
     close = [f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(key, names, n=3)]
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    group = full_key.split(".")[0]
+    if not close and group in ("data", "model") and _given("ckpt_path") and not _given(group):
+        # The keys are those of the composed default; the checkpoint's own group is known only after it is read.
+        hint = f"; with ckpt_path, name the checkpoint's {group} option too (e.g. data=mnist data.root=PATH)"
     return f"unknown key {full_key}{hint} ({prefix or 'the top level'} takes: {', '.join(names)})"
+
+
+def _given(key: str) -> bool:
+    """Whether the command line sets ``key`` (``key=...``)."""
+    return any(arg.lstrip("+~").split("=")[0] == key for arg in sys.argv[1:])
 
 
 def remove_if_only_hydra_files(run_dir: Path) -> bool:

@@ -72,6 +72,14 @@ def test_composition_errors_are_reworded(override, expected):
     assert user_error(refused.value).startswith(expected)
 
 
+def test_a_data_key_with_a_checkpoint_asks_for_the_checkpoints_data_option(tmp_path, vae_run):
+    """``task=eval ckpt_path=<run> data.root=...``: keys are checked against the composed default (digits),
+    which has no root; the line says to name the data option."""
+    line = refusal(run_dgmrun("task=eval", f"ckpt_path={vae_run}", "data.root=somewhere", cwd=tmp_path, timeout=60),
+                   "unknown key data.root", "name the checkpoint's data option too")
+    assert "did you mean" not in line
+
+
 def test_seed_of_the_wrong_type_is_reported_as_seed(tmp_path):
     line = refusal(run_dgmrun("seed=[1,2]", cwd=tmp_path, timeout=60), "seed=[1, 2]", "int")
     assert "data.seed" not in line
