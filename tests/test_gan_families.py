@@ -351,12 +351,19 @@ def test_family_configs_refuse_bad_values(cfg_factory):
 
 
 # ------------------------------------------------------------------------------------ DDP and bf16
+# ~20 s each (two gloo ranks): the fast suite runs InfoGAN (batch norm in D, three players' optimizers),
+# `pytest -m slow` every family.
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("make", [
-    lambda: CGAN(IMG, pack=2, **SMALL_CONV), lambda: ACGAN(TOY, pack=2, **SMALL_MLP),
-    lambda: InfoGAN(IMG, categorical_dim=3, pack=2, fc_dim=8, d_batch_norm=True, **SMALL_CONV),
-    lambda: EBGAN(TOY, **SMALL_MLP),
-    lambda: BiGAN(IMG, pack=2, **SMALL_CONV), lambda: GMMN(IMG, space="code", hidden_dims=[16], ae_hidden_dims=[16]),
-], ids=["cgan", "acgan", "infogan", "ebgan", "bigan", "gmmn"])
+    pytest.param(lambda: CGAN(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="cgan"),
+    pytest.param(lambda: ACGAN(TOY, pack=2, **SMALL_MLP), marks=SLOW, id="acgan"),
+    pytest.param(lambda: InfoGAN(IMG, categorical_dim=3, pack=2, fc_dim=8, d_batch_norm=True, **SMALL_CONV), id="infogan"),
+    pytest.param(lambda: EBGAN(TOY, **SMALL_MLP), marks=SLOW, id="ebgan"),
+    pytest.param(lambda: BiGAN(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="bigan"),
+    pytest.param(lambda: GMMN(IMG, space="code", hidden_dims=[16], ae_hidden_dims=[16]), marks=SLOW, id="gmmn"),
+])
 def test_family_trains_under_ddp_with_bf16(make, tmp_path):
     """Two gloo ranks under bf16 mixed precision: every backward reaches every parameter (DDP raises
     otherwise), the gradients are averaged, so both replicas end with the same weights, and they trained."""

@@ -81,7 +81,9 @@ def test_the_convolutional_networks_train_a_step_and_sample(tmp_path, model):
     assert samples.shape == (4, 3, 32, 32)
 
 
-@pytest.mark.parametrize("preset", options("experiment"))
+# ddpm_cifar10 (35.7M parameters) takes ~30 s: in `pytest -m slow`.
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "ddpm_cifar10" else p
+                                    for p in options("experiment")])
 def test_every_preset_trains_a_step_and_samples(tmp_path, preset):
     data = PRESET_DATA[preset]  # a new preset must say here which data it is for
     if data == "mnist" and not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():

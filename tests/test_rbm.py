@@ -175,6 +175,7 @@ def cd1_digit_rbm():
     return model, test
 
 
+@pytest.mark.slow  # the defaults' 14,500 temperatures: ~70 s on 2 cores (pytest -m slow)
 def test_default_ais_gets_the_exact_log_z_and_with_raise_brackets_the_exact_nll(cd1_digit_rbm):
     """Through Lightning's test loop with the default eval settings: log Z within 1 nat of the exact
     value, the forward-AIS NLL at most the exact NLL (up to noise), the RAISE NLL (from log Z of the
