@@ -80,6 +80,20 @@ def test_a_data_key_with_a_checkpoint_asks_for_the_checkpoints_data_option(tmp_p
     assert "did you mean" not in line
 
 
+@pytest.mark.parametrize("override", ["trainer.devices=0", "trainer.precision=nope", "+trainer.foo=3"])
+def test_trainer_settings_lightning_refuses_leave_no_logger_files(tmp_path, override):
+    """Refused by Lightning when the Trainer is built: before the CSV logger has written into the run dir."""
+    from dgmrun.schema import validate
+    from dgmrun.tasks.train import train
+
+    cfg = compose_config(["logger=csv", override], tmp_path / "run")
+    validate(cfg)
+    with pytest.raises(DgmrunError, match="trainer settings rejected by Lightning"):
+        train(cfg)
+    GlobalHydra.instance().clear()
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_seed_of_the_wrong_type_is_reported_as_seed(tmp_path):
     line = refusal(run_dgmrun("seed=[1,2]", cwd=tmp_path, timeout=60), "seed=[1, 2]", "int")
     assert "data.seed" not in line
