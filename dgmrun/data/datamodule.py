@@ -635,11 +635,14 @@ class ImageFolder(ImageOptions, BaseDataModule):
         ids = self.split_indices[split].tolist()
         return ImageFiles(self.paths, ids, self.image_size, self.channels, seed)
 
+    def _workers_generator(self) -> torch.Generator:
+        """A loader draws its workers' base seed from a generator of its own: from torch's global one, which
+        the models draw their noise from, it would put a resumed run out of step by a draw per iteration."""
+        return make_generator(derive_seed(self.seed, "workers"))
+
     def _loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)
-        # The loader draws its workers' base seed from a generator of its own: from torch's global one, which
-        # the models draw their noise from, it would put a resumed run out of step by a draw per iteration.
-        generator = make_generator(derive_seed(self.seed, "workers"))
+        generator = self._workers_generator()
         if split != "train":
             return ImageLoader(dataset, collate_fn=_collate_images, batch_size=self.eval_batch_size,
                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
@@ -653,7 +656,7 @@ class ImageFolder(ImageOptions, BaseDataModule):
     def _split_tensors(self, split: str) -> Batch:
         dataset = self._dataset(split)
         loader = ImageLoader(dataset, collate_fn=_collate_images, batch_size=self.eval_batch_size,
-                             num_workers=self.num_workers, generator=make_generator(derive_seed(self.seed, "workers")))
+                             num_workers=self.num_workers, generator=self._workers_generator())
         batches = list(loader)
         if not batches:
             return torch.empty(0, *self.info.shape), torch.empty(0, dtype=torch.int64)

@@ -213,19 +213,18 @@ class GenerativeModel(pl.LightningModule):
         """``model.scheduler`` of ``optimizer``: cosine decay to 0 over its ``updates`` (default: the run's
         ``trainer.estimated_stepping_batches``; 10**6 when the run has no step budget) (per step), linear warm-up
         over ``warmup_steps`` then constant (per step; DDPM's schedule), or step decay (per epoch)."""
-        settings = self.scheduler_settings
-        if settings is None:
+        if self.scheduler_settings is None:
             return None
-        get = lambda key: settings.get(key, SCHEDULER_DEFAULTS[key])  # noqa: E731
+        settings = {**SCHEDULER_DEFAULTS, **self.scheduler_settings}
         if settings["name"] == "warmup":
-            steps = get("warmup_steps")
+            steps = settings["warmup_steps"]
             warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
             return {"scheduler": warmup, "interval": "step"}
         if settings["name"] == "cosine":
             total = float(self.trainer.estimated_stepping_batches if updates is None else updates)
             total = max(1, int(total) if math.isfinite(total) else 10**6)
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
-        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=get("step_size"), gamma=get("gamma"))
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings["step_size"], gamma=settings["gamma"])
         return {"scheduler": step, "interval": "epoch"}
 
     def step_schedulers(self, interval: str, optimizers: Sequence[int] | None = None) -> None:
