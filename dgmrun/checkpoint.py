@@ -14,15 +14,14 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.io import atomic_open
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, build_model
 from dgmrun.schema import resolve_ckpt_path
 
 # Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
@@ -71,19 +70,6 @@ def describe_model(target: str) -> str:
     return f"{target.rsplit('.', 1)[-1]} ({target})"
 
 
-def build_model(model_cfg: dict[str, Any] | DictConfig, info: DataInfo) -> GenerativeModel:
-    """Instantiate ``model_cfg`` (a ``_target_`` and its arguments) for data described by ``info``."""
-    try:
-        model = instantiate(model_cfg, data_info=info.to_dict(), _convert_="all")
-    except InstantiationException as e:  # a model refusing its arguments: the user's one-line message
-        if isinstance(e.__cause__, DgmrunError):
-            raise e.__cause__ from None
-        raise
-    if not isinstance(model, GenerativeModel):
-        raise DgmrunError(f"model._target_={model_cfg['_target_']} is not a dgmrun GenerativeModel")
-    return model
-
-
 def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: list[str]) -> DictConfig:
     """The checkpoint's model and data settings, with this command line's changes on top.
 
@@ -92,7 +78,9 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
     anew (``data=mnist``) replaces the stored one (``validate`` then checks its shape against the
     checkpoint's). A key set on either group (``model.beta=2``, ``data.root=...``) changes the stored value.
     ``task=train`` (resuming) also keeps the stored budget (``BUDGET_KEYS``) of each key not set on the
-    command line (``trainer.max_epochs=20``).
+    command line (``trainer.max_epochs=20``). Every task keeps the stored ``sample`` keys that the model
+    takes as its ``sampler_options`` (DDPM: sampler, steps, eta, guidance) unless the command line sets them:
+    a checkpoint of ``experiment=ddpm_mnist`` samples with its 50 DDIM steps.
     """
     parsed = OverridesParser.create().parse_overrides(overrides)
     merged = cfg.copy()
@@ -113,12 +101,18 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
                 OmegaConf.update(node, o.key_or_group[len(group) + 1:], o.value(), merge=True, force_add=True)
         with open_dict(merged):
             merged[group] = node
-    if cfg.task.name == "train":
-        set_here = {o.key_or_group for o in parsed}
-        with open_dict(merged):
-            for key in BUDGET_KEYS:
-                if key in stored.get("trainer", {}) and f"trainer.{key}" not in set_here:
-                    merged.trainer[key] = stored["trainer"][key]
+    set_here = {o.key_or_group for o in parsed}
+    kept = [("trainer", key) for key in BUDGET_KEYS if cfg.task.name == "train"]
+    try:
+        model_class = get_class(str(stored["model"]["_target_"]))
+    except (ImportError, ValueError):  # a user's class gone: building the model says so
+        model_class = None
+    if isinstance(model_class, type) and issubclass(model_class, GenerativeModel):
+        kept += [("sample", key) for key in model_class.sampler_options]
+    with open_dict(merged):
+        for group, key in kept:
+            if key in stored.get(group, {}) and f"{group}.{key}" not in set_here:
+                merged[group][key] = stored[group][key]
     return merged
 
 

@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     root = str(Path(args.root).resolve())
-    datamodule = MNISTLike(name="mnist", root=root, binarize="none")
+    datamodule = MNISTLike.build(name="mnist", root=root, binarize="none")
     checksum = data_checksum(datamodule)
     path = evaluator_path(args.evaluators_dir, "mnist", checksum)
     if path.is_file():

@@ -111,7 +111,7 @@ def run_dgmrun(train: torch.Tensor, epochs: int, seed: int) -> tuple[float, tupl
 
     torch.manual_seed(seed)
     info = {"name": "mnist", "shape": [1, 28, 28], "num_classes": 10, "levels": 2}
-    model = RBM(info, hidden_dim=256, cd_k=1, persistent=True, num_chains=64, optimizer={"lr": 0.05})
+    model = RBM.build(info, hidden_dim=256, cd_k=1, persistent=True, num_chains=64, optimizer={"lr": 0.05})
     # Whole batches by slicing, as scikit-learn does (not 64 single-item fetches and a collate per batch).
     dataset = TensorDataset(train.view(-1, 1, 28, 28), torch.zeros(len(train), dtype=torch.long))
     loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(SequentialSampler(dataset), 64, drop_last=False))

@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from dgmrun.checkpoint import read_checkpoint
 from dgmrun.cli import user_error
 from dgmrun.errors import DgmrunError
-from dgmrun.schema.data import ImageDataConfig
+from dgmrun.schema.data import IMAGE_DATASETS
 from tests.conftest import compose_config, run_dgmrun
 
 # Phrases that must never reach the user: Hydra's and torch's own reports and advice.
@@ -160,7 +160,7 @@ def test_eval_on_data_of_another_shape_names_both_shapes_before_reading_data(tmp
     """data.root is empty: the refusal must come from the shapes alone, before any file is read."""
     trained = tuple(torch.load(vae_run / "checkpoints" / "last.ckpt", weights_only=True)
                     ["hyper_parameters"]["data_info"]["shape"])
-    mnist = ImageDataConfig.KNOWN["mnist"][0]
+    mnist = IMAGE_DATASETS["mnist"][0]
     assert trained != mnist
     refusal(run_dgmrun("task=eval", "data=mnist", f"data.root={tmp_path}", f"ckpt_path={vae_run}",
                        cwd=tmp_path, timeout=120), f"digits of shape {trained}", f"data=mnist gives {mnist}")

@@ -7,6 +7,7 @@ from importlib.resources import files
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import DATA_SCHEMAS, validate
@@ -181,3 +182,58 @@ def test_a_checkpoint_fixes_its_model(cfg_factory, tmp_path):
     validate(merge("data=digits", "data.test_fraction=0.3"), checkpoint_merged=True, trained_on=trained_on)
     with pytest.raises(DgmrunError, match=r"digits of shape \(1, 8, 8\), but data=cifar10 gives \(3, 32, 32\)"):
         validate(merge("data=cifar10"), checkpoint_merged=True, trained_on=trained_on)
+
+
+@pytest.mark.parametrize("model,kept", [("ddpm", True), ("vae", False)])
+def test_a_checkpoint_keeps_the_sampler_options_its_model_declares(cfg_factory, tmp_path, model, kept):
+    """A DDPM preset's DDIM sampler stays with its checkpoint for task=sample (unless the command line sets
+    it); a model without sampler options takes the sample group of the new command."""
+    from dgmrun.checkpoint import merge_with_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    stored_cfg = cfg_factory(f"model={model}", "sample.sampler=ddim", "sample.steps=7", "sample.num=9")
+    stored = {group: OmegaConf.to_container(stored_cfg[group]) for group in ("model", "data", "sample")}
+
+    def merge(*overrides: str):
+        args = ["task=sample", f"ckpt_path={ckpt}", *overrides]
+        return merge_with_checkpoint(cfg_factory(*args), stored, args)
+
+    merged = merge()
+    assert (merged.sample.sampler, merged.sample.steps) == (("ddim", 7) if kept else ("ddpm", 50))
+    assert merged.sample.num == 64  # not a sampler option: the new run's
+    assert merge("sample.steps=3").sample.steps == 3
+
+
+@pytest.mark.parametrize("group,schemas", [("model", "MODEL_SCHEMAS"), ("data", "DATA_SCHEMAS")])
+def test_every_option_has_exactly_the_keys_of_its_declaration(cfg_factory, group, schemas):
+    """Each option starts from its class's declaration (``/schema/<group>/<Class>``): the composed config
+    has every declared key with its default unless the option sets it, and no key of its own."""
+    import dataclasses
+
+    import dgmrun.schema
+
+    declared = getattr(dgmrun.schema, schemas)
+    for option in options(group):
+        node = cfg_factory(f"{group}={option}")[group]
+        schema = declared[node._target_]
+        assert set(node.keys()) == {f.name for f in dataclasses.fields(schema)}, option
+        yaml = files("dgmrun.conf").joinpath(group, f"{option}.yaml").read_text()
+        defaults = OmegaConf.structured(schema)
+        for key in node:
+            if f"\n{key}:" not in yaml and key != "_target_" and not OmegaConf.is_missing(node, key):
+                assert node[key] == defaults[key], (option, key)
+
+
+def test_constructors_have_no_defaults_of_their_own():
+    """Every setting's default is its declaration's: a default in a constructor could drift from it."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    from dgmrun.schema import DATA_SCHEMAS, MODEL_SCHEMAS
+
+    for target in [*MODEL_SCHEMAS, *DATA_SCHEMAS]:
+        parameters = inspect.signature(get_class(target).__init__).parameters.values()
+        with_defaults = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
+        assert not with_defaults, (target, with_defaults)

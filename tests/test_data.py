@@ -52,7 +52,7 @@ def fake_trainer(epoch: int = 0, rank: int = 0, world_size: int = 1) -> SimpleNa
 
 
 def mnist(root: Path, **kwargs) -> MNISTLike:
-    return MNISTLike(name="mnist", root=str(root), **kwargs)
+    return MNISTLike.build(name="mnist", root=str(root), **{"binarize": "none", **kwargs})
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
@@ -92,7 +92,7 @@ def test_gz_and_uncompressed_idx_are_identical(mnist_small: Path, tmp_path: Path
 )
 def test_missing_mnist_files_name_every_path(tmp_path: Path, name: str, source: str) -> None:
     with pytest.raises(DgmrunError) as err:
-        MNISTLike(name=name, root=str(tmp_path)).load()
+        MNISTLike.build(name=name, root=str(tmp_path), binarize="none").load()
     msg = str(err.value)
     for f in MNIST_NAMES:
         assert str(tmp_path / f) in msg and str(tmp_path / f"{f}.gz") in msg
@@ -110,9 +110,9 @@ def test_missing_one_file_names_only_it(mnist_small: Path, tmp_path: Path) -> No
 
 def test_relative_root_resolves_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert MNISTLike(name="mnist", root="data/mnist").root == str(tmp_path / "data" / "mnist")
-    with pytest.raises(DgmrunError, match="unknown MNIST-style dataset 'fmnist'"):
-        MNISTLike(name="fmnist", root="data")
+    assert MNISTLike.build(name="mnist", root="data/mnist", binarize="none").root == str(tmp_path / "data" / "mnist")
+    with pytest.raises(DgmrunError, match="data.name='fmnist' is not one of: mnist, fashion_mnist, kmnist"):
+        MNISTLike.build(name="fmnist", root="data", binarize="none")
 
 
 def test_truncated_gzip_is_a_dgmrun_error(mnist_small: Path, tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def _check_partition(indices: dict[str, torch.Tensor], n: int) -> None:
 
 
 def test_digits_splits_deterministic_disjoint_covering() -> None:
-    a, b, c = Digits(seed=0), Digits(seed=0), Digits(seed=1)
+    a, b, c = (Digits.build(seed=seed, binarize="none") for seed in (0, 0, 1))
     for dm in (a, b, c):
         dm.load()
         _check_partition(dm.split_indices, 1797)
@@ -224,11 +224,11 @@ def test_mnist_val_carved_from_train(mnist_small: Path) -> None:
 
 def test_bad_config_values_are_dgmrun_errors() -> None:
     with pytest.raises(DgmrunError, match="binarize"):
-        Digits(binarize="yes")
+        Digits.build(binarize="yes")
     with pytest.raises(DgmrunError, match="val_fraction"):
-        Digits(val_fraction=1.5)
-    with pytest.raises(DgmrunError, match="unknown toy2d shape"):
-        Toy2D(shape="spiral")
+        Digits.build(val_fraction=1.5)
+    with pytest.raises(DgmrunError, match="data.shape='spiral' is not one of"):
+        Toy2D.build(shape="spiral")
 
 
 # -------------------------------------------------------------------------------- device batching
@@ -242,7 +242,7 @@ def _shard(dm: Toy2D, split: str, rank: int, world_size: int, epoch: int = 0) ->
 
 
 def test_ddp_shards_are_disjoint_and_equal() -> None:
-    dm = Toy2D(num_train=1003, num_val=1001, num_test=10, batch_size=100, eval_batch_size=100)
+    dm = Toy2D.build(num_train=1003, num_val=1001, num_test=10, batch_size=100, eval_batch_size=100)
     r0, r1 = _shard(dm, "train", 0, 2), _shard(dm, "train", 1, 2)
     assert len(r0) == len(r1) == 5  # 501 examples each, full batches only
     i0, i1 = torch.cat(r0), torch.cat(r1)
@@ -255,7 +255,7 @@ def test_ddp_shards_are_disjoint_and_equal() -> None:
 
 
 def test_single_device_batches() -> None:
-    dm = Toy2D(num_train=1000, num_val=250, num_test=10, batch_size=300, eval_batch_size=100)
+    dm = Toy2D.build(num_train=1000, num_val=250, num_test=10, batch_size=300, eval_batch_size=100)
     train = _shard(dm, "train", 0, 1)
     assert [len(b) for b in train] == [300, 300, 300]  # the remainder is dropped
     assert [len(b) for b in _shard(dm, "val", 0, 1)] == [100, 100, 50]  # the last partial batch is kept
@@ -302,7 +302,7 @@ def test_lightning_fit_uses_device_batches() -> None:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    dm, model = Toy2D(num_train=512, num_val=64, num_test=64, batch_size=128), Probe()
+    dm, model = Toy2D.build(num_train=512, num_val=64, num_test=64, batch_size=128), Probe()
     trainer = pl.Trainer(
         max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -313,7 +313,7 @@ def test_lightning_fit_uses_device_batches() -> None:
 
 # ------------------------------------------------------------------------------------------- toy2d
 def test_toy2d_shapes_modes_and_labels() -> None:
-    dm = Toy2D(shape="8gaussians", num_train=2000, num_val=100, num_test=300, seed=0)
+    dm = Toy2D.build(shape="8gaussians", num_train=2000, num_val=100, num_test=300, seed=0)
     assert dm.info == DataInfo("toy2d", (2,), 8, None)
     x, y = dm.split_tensors("train")
     assert x.shape == (2000, 2) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -324,21 +324,21 @@ def test_toy2d_shapes_modes_and_labels() -> None:
     assert ((x - centers[y]).norm(dim=1) < 3 * std * 2).all()  # each point sits at its labelled center
     assert torch.bincount(y, minlength=8).min() > 150  # all components drawn
     assert not torch.equal(x[:100], dm.split_tensors("val")[0])  # splits from different generators
-    assert torch.equal(x, Toy2D(num_train=2000, num_val=100, num_test=300, seed=0).split_tensors("train")[0])
-    assert not torch.equal(x, Toy2D(num_train=2000, num_val=100, num_test=300, seed=1).split_tensors("train")[0])
+    assert torch.equal(x, Toy2D.build(num_train=2000, num_val=100, num_test=300, seed=0).split_tensors("train")[0])
+    assert not torch.equal(x, Toy2D.build(num_train=2000, num_val=100, num_test=300, seed=1).split_tensors("train")[0])
 
-    grid = Toy2D(shape="25gaussians", num_train=2000, noise=0.01)
+    grid = Toy2D.build(shape="25gaussians", num_train=2000, noise=0.01)
     x, y = grid.split_tensors("train")
     centers, std = grid.modes()
     assert grid.info.num_classes == 25 and std == 0.01 and set(centers.unique().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
     assert torch.equal(torch.cdist(x, centers).argmin(dim=1), y)
 
     for shape in ("swissroll", "moons", "rings"):
-        dm = Toy2D(shape=shape, num_train=1000)
+        dm = Toy2D.build(shape=shape, num_train=1000)
         x, y = dm.split_tensors("train")
         assert dm.info.num_classes == 0 and len(dm.modes()[0]) == 0
         assert x.shape == (1000, 2) and (y == -1).all() and x.abs().max() < 4
-    r = Toy2D(shape="rings", num_train=1000, noise=0.0).split_tensors("train")[0].norm(dim=1)
+    r = Toy2D.build(shape="rings", num_train=1000, noise=0.0).split_tensors("train")[0].norm(dim=1)
     radii = torch.tensor(readers.RING_RADII)
     assert torch.allclose(r, radii[(r[:, None] - radii).abs().argmin(dim=1)], atol=1e-5)  # on the circles
 
@@ -396,7 +396,7 @@ def test_cifar10_reader_on_official_formats(tmp_path: Path, subdir: str) -> None
     assert x[4, 2, 5, 7] == d[0, 2 * 1024 + 5 * 32 + 7] and x[5, 0, 31, 0] == d[1, 31 * 32]
     assert torch.equal(splits["test"][0].flatten(1), torch.from_numpy(batches["test_batch"][0]))
 
-    dm = CIFAR10(name="cifar10", root=str(tmp_path / subdir), val_fraction=0.25)
+    dm = CIFAR10.build(name="cifar10", root=str(tmp_path / subdir), val_fraction=0.25)
     assert dm.info == DataInfo("cifar10", (3, 32, 32), 10, 256)
     assert len(dm.split_tensors("val")[0]) == 5 and len(dm.split_tensors("test")[0]) == 4
     assert torch.allclose(dm.split_tensors("test")[0], splits["test"][0].float() / 255)
@@ -538,8 +538,9 @@ def test_image_folder_reader_crop_and_range(tmp_path: Path) -> None:
     files = readers.list_images(tmp_path)
     assert [p.name for p in files] == ["a.png", "c.jpg", "b.PNG"]  # sorted by path, recursive
 
-    dm = ImageFolder(root=str(tmp_path), image_size=16, channels=3, val_fraction=0.0, test_fraction=0.0,
-                     batch_size=2, num_workers=0)
+    # (fractions of 3 images that round to none: every image is a training image)
+    dm = ImageFolder.build(root=str(tmp_path), image_size=16, channels=3, val_fraction=0.1, test_fraction=0.1,
+                           batch_size=2, num_workers=0)
     assert dm.info == DataInfo("image_folder", (3, 16, 16), 0, 256)
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (2, 3, 16, 16) and xb.dtype == torch.float32 and (yb == -1).all()
@@ -551,19 +552,19 @@ def test_image_folder_splits_and_binarization(tmp_path: Path) -> None:
     for i in range(10):
         Image.fromarray(np.full((12, 12), 25 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
     kw = dict(root=str(tmp_path), image_size=12, channels=1, val_fraction=0.2, test_fraction=0.2, num_workers=0)
-    dm = ImageFolder(binarize="dynamic", seed=0, **kw)
+    dm = ImageFolder.build(binarize="dynamic", seed=0, **kw)
     dm.load()
     _check_partition(dm.split_indices, 10)
     assert dm.info.levels == 2 and {k: len(v) for k, v in dm.split_indices.items()} == {"train": 6, "val": 2, "test": 2}
     test = dm.split_tensors("test")[0]
     assert set(test.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(test, ImageFolder(binarize="dynamic", seed=5, **kw).split_tensors("test")[0])
+    assert torch.equal(test, ImageFolder.build(binarize="dynamic", seed=5, **kw).split_tensors("test")[0])
     assert dm.split_tensors("train")[0].unique().numel() > 2  # grey levels under dynamic binarization
 
 
 def test_image_folder_empty_names_folder_and_extensions(tmp_path: Path) -> None:
     with pytest.raises(DgmrunError) as err:
-        ImageFolder(root=str(tmp_path)).load()
+        ImageFolder.build(root=str(tmp_path)).load()
     assert str(tmp_path) in str(err.value) and ".png" in str(err.value) and ".jpeg" in str(err.value)
 
 
@@ -579,8 +580,8 @@ def test_image_folder_unreadable_image_same_message_with_workers(tmp_path: Path)
     bad = _folder_with_unreadable_image(tmp_path)
     messages = []
     for workers in (0, 2):
-        dm = ImageFolder(root=str(tmp_path), image_size=8, val_fraction=0.0, test_fraction=0.0, batch_size=6,
-                         num_workers=workers)
+        dm = ImageFolder.build(root=str(tmp_path), image_size=8, val_fraction=0.05, test_fraction=0.05, batch_size=6,
+                               num_workers=workers)  # (fractions of 6 images that round to none)
         for read in (lambda: next(iter(dm.train_dataloader())), lambda: dm.split_tensors("train")):
             with pytest.raises(DgmrunError) as err:
                 read()
@@ -604,12 +605,12 @@ def test_cli_unreadable_image_same_one_line_with_and_without_workers(tmp_path: P
 
 # ------------------------------------------------------------------------------------------ digits
 def test_digits_grid_and_levels() -> None:
-    dm = Digits(binarize="none")
+    dm = Digits.build(binarize="none")
     assert dm.info == DataInfo("digits", (1, 8, 8), 10, 17)
     x, y = dm.split_tensors("train")
     assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.max() == 9
     assert torch.equal(x * 16, (x * 16).round()) and x.min() == 0 and x.max() == 1
-    assert Digits(binarize="dynamic").info.levels == 2
+    assert Digits.build(binarize="dynamic").info.levels == 2
 
 
 # -------------------------------------------------------------------------------- configs, imports
@@ -618,11 +619,14 @@ def test_config_instantiates(name: str, tmp_path: Path) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
-    cfg = OmegaConf.merge({"seed": 7, "paths": {"data_dir": str(tmp_path)}}, {"data": cfg})
-    if cfg.data.get("binarize") == "auto":  # the model's choice, made by the config check before the loader sees it
-        cfg.data.binarize = "none"
-    dm = instantiate(cfg.data)
+    from dgmrun.schema import declared_data
+    from tests.conftest import compose_config
+
+    data = OmegaConf.to_container(compose_config([f"data={name}", "seed=7", f"paths.data_dir={tmp_path}"]).data,
+                                  resolve=True)
+    if data.get("binarize") == "auto":  # the model's choice, made by the config check before the loader sees it
+        data["binarize"] = "none"
+    dm = instantiate(declared_data(data))
     assert dm.name == name and dm.seed == 7
     if hasattr(dm, "root"):
         assert dm.root.startswith(str(tmp_path))

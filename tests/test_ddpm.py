@@ -11,6 +11,7 @@ import torch
 from dgmrun.data.info import DataInfo
 from dgmrun.models.ddpm import DDPM, GaussianDiffusion, discretized_gaussian_log_prob, make_betas
 from dgmrun.nets.unet import UNet
+from dgmrun.schema.diffusion import auto_channel_mult
 
 torch.set_num_threads(1)
 
@@ -22,7 +23,7 @@ def tiny_ddpm(info=POINTS, **kw) -> DDPM:
     args = dict(num_timesteps=50, hidden_dims=[32, 32], base_channels=16, num_res_blocks=1, attention_resolutions=[4],
                 dropout=0.0, ema_decay=None)
     torch.manual_seed(0)
-    model = DDPM(info, **{**args, **kw}).eval()
+    model = DDPM.build(info, **{**args, **kw}).eval()
     # Random (not zero) output layers, so that the samplers have a non-trivial prediction to follow.
     for p in model.net.parameters():
         if p.abs().sum() == 0:
@@ -148,7 +149,8 @@ def test_bound_is_finite_and_bits_per_dim_are_positive_for_digits():
 
 @pytest.mark.parametrize("side,levels", [(8, 2), (28, 3), (32, 4)])
 def test_unet_is_sized_from_the_image_and_returns_its_shape(side, levels):
-    net = UNet(3, side, base_channels=16, num_res_blocks=1, attention_resolutions=[side // 2], dropout=0.1)
+    net = UNet(3, side, base_channels=16, channel_mult=auto_channel_mult(side), num_res_blocks=1,
+               attention_resolutions=[side // 2], dropout=0.1)
     down = sum(1 for block in net.down if isinstance(block[0], torch.nn.Conv2d))
     assert down == levels - 1
     x = torch.randn(2, 3, side, side)
@@ -170,7 +172,7 @@ def _fit_on_8_gaussians(cfg_factory, num_train: int, precision: str) -> DDPM:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from dgmrun.checkpoint import build_model
+    from dgmrun.models.base import build_model
     from dgmrun.schema import validate
 
     cfg = cfg_factory("model=ddpm", "data=toy2d", f"data.num_train={num_train}", "model.num_timesteps=100",
@@ -232,7 +234,7 @@ def test_warmup_schedule_rises_linearly_then_holds():
 
 @pytest.mark.parametrize("preset", ["ddpm_mnist", "ddpm_cifar10"])
 def test_presets_compose_validate_and_build(cfg_factory, preset, tmp_path):
-    from dgmrun.checkpoint import build_model
+    from dgmrun.models.base import build_model
     from dgmrun.data.info import DataInfo
     from dgmrun.schema import validate
 

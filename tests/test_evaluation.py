@@ -263,7 +263,7 @@ def test_eval_samples_npz_end_to_end(tmp_path, digits_evaluators):
     from dgmrun.data.datamodule import Digits
     from dgmrun.io import save_samples_npz
 
-    x_test, _ = Digits(binarize="none").split_tensors("test")
+    x_test, _ = Digits.build(binarize="none").split_tensors("test")
     save_samples_npz(tmp_path / "real.npz", x_test)
     save_samples_npz(tmp_path / "noise.npz", torch.rand(len(x_test), 1, 8, 8))
     results = {}

@@ -200,7 +200,7 @@ def test_a_model_optimized_by_hand_is_guarded_too():
     from dgmrun.errors import DgmrunError
     from dgmrun.models.rbm import RBM
 
-    model = RBM({"name": "t", "shape": [1, 1, 4], "num_classes": 0, "levels": 2}, hidden_dim=3)
+    model = RBM.build({"name": "t", "shape": [1, 1, 4], "num_classes": 0, "levels": 2}, hidden_dim=3)
     with torch.no_grad():
         model.W[0, 0] = float("nan")
     data = DataLoader(TensorDataset(torch.ones(8, 1, 1, 4), torch.zeros(8)), batch_size=4)

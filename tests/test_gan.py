@@ -92,7 +92,7 @@ def test_packing_shapes():
     assert pack_samples(images, 2).shape == (3, 2, 4, 4)
     with pytest.raises(ValueError, match="divisible"):
         pack_samples(x[:5], 2)
-    model = GAN(TOY, pack=4)
+    model = GAN.build(TOY, pack=4)
     assert model.discriminator.body[1].in_features == 8
     assert model.critic(torch.randn(16, 2)).shape == (4, 1)
 
@@ -106,14 +106,14 @@ def test_minibatch_std_feature():
 
 @pytest.mark.parametrize("noise,variance", [("normal", 1.0), ("uniform", 1 / 3)])
 def test_noise_distribution(noise, variance):
-    z = GAN(TOY, noise=noise, latent_dim=8).sample_latent(20_000, torch.Generator().manual_seed(0))
+    z = GAN.build(TOY, noise=noise, latent_dim=8).sample_latent(20_000, torch.Generator().manual_seed(0))
     assert z.mean().item() == pytest.approx(0.0, abs=0.01) and z.var().item() == pytest.approx(variance, rel=0.02)
     assert (z.abs().max() <= 1) == (noise == "uniform")
 
 
 # ------------------------------------------------------------------------------------ EMA
 def test_ema_average_and_swap_restore_around_sampling():
-    model = GAN(TOY, ema_decay=0.5)
+    model = GAN.build(TOY, ema_decay=0.5)
     live = {k: v.clone() for k, v in model.generator.state_dict().items()}
     with torch.no_grad():
         for p in model.generator.parameters():
@@ -168,7 +168,7 @@ def test_ema_restores_weights_after_an_error():
 
 
 def test_sampling_uses_only_its_generator():
-    model = GAN(TOY)
+    model = GAN.build(TOY)
     a = model.sample(10, torch.Generator().manual_seed(3))
     torch.manual_seed(123)
     b = model.sample(10, torch.Generator().manual_seed(3))
@@ -177,7 +177,7 @@ def test_sampling_uses_only_its_generator():
 
 # ------------------------------------------------------------------------------------ the loop
 def toy_data(n: int = 512, batch_size: int = 64) -> Toy2D:
-    return Toy2D(num_train=n, num_val=64, num_test=64, batch_size=batch_size, seed=0)
+    return Toy2D.build(num_train=n, num_val=64, num_test=64, batch_size=batch_size, seed=0)
 
 
 def fit(model: GAN, datamodule, **trainer_args) -> pl.Trainer:
@@ -196,7 +196,7 @@ def adam_steps(optimizer: torch.optim.Optimizer) -> int:
 
 def small_gan(**kw) -> GAN:
     kw = {"g_hidden_dims": [16], "d_hidden_dims": [16], **kw}
-    return GAN(TOY, **kw)
+    return GAN.build(TOY, **kw)
 
 
 @pytest.mark.parametrize("n_critic", [1, 3])
@@ -303,7 +303,7 @@ def test_bf16_mixed_precision_smoke():
 def test_dcgan_preset_on_mnist_trains_and_samples_images(mnist_small, cfg_factory):
     from hydra.utils import instantiate
 
-    from dgmrun.checkpoint import build_model
+    from dgmrun.models.base import build_model
     from dgmrun.schema import validate
 
     cfg = cfg_factory("model=dcgan", "data=mnist", f"data.root={mnist_small}", "data.batch_size=16",
@@ -352,7 +352,8 @@ def test_presets_extend_the_gan(cfg_factory, preset, key, value):
 
 
 def test_each_player_gets_the_optimizer_it_names():
-    model = small_gan(loss="wgan", optimizer_d={"name": "rmsprop", "lr": 5e-5}, optimizer_g={"lr": 1e-3})
+    model = small_gan(loss="wgan", optimizer_d={"name": "rmsprop", "lr": 5e-5}, optimizer_g={"lr": 1e-3},
+                      scheduler=None)
     opt_d, opt_g = model.configure_optimizers()
     assert isinstance(opt_d, torch.optim.RMSprop) and opt_d.param_groups[0]["lr"] == 5e-5
     assert isinstance(opt_g, torch.optim.Adam) and opt_g.param_groups[0]["betas"] == (0.5, 0.999)

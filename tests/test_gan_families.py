@@ -48,7 +48,7 @@ def check_images(x: torch.Tensor, n: int, shape: list[int]) -> None:
 @pytest.mark.parametrize("conditioning,info,args", [("projection", TOY, SMALL_MLP), ("concat", TOY, SMALL_MLP),
                                                     ("projection", IMG, SMALL_CONV), ("concat", IMG, SMALL_CONV)])
 def test_cgan_trains_and_samples_given_classes(conditioning, info, args):
-    model = CGAN(info, conditioning=conditioning, pack=2, **args)
+    model = CGAN.build(info, conditioning=conditioning, pack=2, **args)
     trainer = fit(model, info)
     assert trainer.global_step == 6
     model.eval()
@@ -59,7 +59,7 @@ def test_cgan_trains_and_samples_given_classes(conditioning, info, args):
 
 
 def test_cgan_class_conditioning_changes_samples_and_refuses_bad_classes():
-    model = CGAN(TOY, **SMALL_MLP)
+    model = CGAN.build(TOY, **SMALL_MLP)
     a = model.sample(4, torch.Generator().manual_seed(0), classes=[0])
     b = model.sample(4, torch.Generator().manual_seed(0), classes=[5])
     assert not torch.allclose(a, b)
@@ -68,12 +68,12 @@ def test_cgan_class_conditioning_changes_samples_and_refuses_bad_classes():
 
 
 def test_image_grids_have_one_row_per_class():
-    model = CGAN(IMG, **SMALL_CONV)
+    model = CGAN.build(IMG, **SMALL_CONV)
     assert model.sample_labels(32, None, None).tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [0] * 8
 
 
 def test_projection_discriminator_formula():
-    model = CGAN(TOY, pack=1, **SMALL_MLP)
+    model = CGAN.build(TOY, pack=1, **SMALL_MLP)
     x, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 3, 4])
     h = model.discriminator.body(x)
     expected = model.discriminator.head(h) + (model.class_embedding(y) * h).sum(1, keepdim=True)
@@ -84,8 +84,8 @@ def test_unconditional_gan_refuses_classes():
     from dgmrun.models.gan import GAN
 
     with pytest.raises(DgmrunError, match="not class-conditional"):
-        GAN(TOY).sampler([1])
-    model = CGAN(TOY, **SMALL_MLP)
+        GAN.build(TOY).sampler([1])
+    model = CGAN.build(TOY, **SMALL_MLP)
     assert model.sampler([3])(5, torch.Generator().manual_seed(0)).shape == (5, 2)
     with pytest.raises(DgmrunError, match="sample.classes"):
         model.sampler([9])
@@ -93,7 +93,7 @@ def test_unconditional_gan_refuses_classes():
 
 @pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
 def test_acgan_trains_with_class_heads_per_sample(info, args):
-    model = ACGAN(info, pack=2, **args)
+    model = ACGAN.build(info, pack=2, **args)
     real, classes = model._heads(model.to_model_space(loader(info).dataset.tensors[0][:6]))
     assert real.shape == (3, 1) and classes.shape == (6, info["num_classes"])
     trainer = fit(model, info)
@@ -104,7 +104,7 @@ def test_acgan_trains_with_class_heads_per_sample(info, args):
 
 # ------------------------------------------------------------------------------------ InfoGAN
 def test_infogan_info_loss_and_traversal_grids():
-    model = InfoGAN(IMG, num_categorical=1, categorical_dim=3, continuous_dim=2, pack=2, **SMALL_CONV)
+    model = InfoGAN.build(IMG, num_categorical=1, categorical_dim=3, continuous_dim=2, pack=2, **SMALL_CONV)
     trainer = fit(model, IMG)
     bound = trainer.callback_metrics["train/mi_lower_bound"]
     assert bound <= torch.log(torch.tensor(3.0)) + 1e-6  # H(c) - L_I <= H(c) for the categorical part
@@ -116,7 +116,7 @@ def test_infogan_info_loss_and_traversal_grids():
 
 
 def test_infogan_paper_networks_fc_layers_and_batch_norm():
-    model = InfoGAN(IMG, pack=1, fc_dim=32, d_batch_norm=True, **SMALL_CONV)
+    model = InfoGAN.build(IMG, pack=1, fc_dim=32, d_batch_norm=True, **SMALL_CONV)
     g_first, d_fc = model.generator[0], model.discriminator.body[-3]
     assert (g_first.in_features, g_first.out_features) == (4 + 10 + 2, 32)  # z, one-hot code, 2 continuous
     # batch norm over each of the projection's 8 x 4 x 4 features, as in the paper (per channel, G collapsed)
@@ -132,7 +132,7 @@ def test_infogan_paper_networks_fc_layers_and_batch_norm():
 
 
 def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
-    model = InfoGAN(TOY, num_categorical=1, categorical_dim=4, continuous_dim=1, pack=1, **SMALL_MLP)
+    model = InfoGAN.build(TOY, num_categorical=1, categorical_dim=4, continuous_dim=1, pack=1, **SMALL_MLP)
     latent = model.sample_latent(6)
     codes = latent[:, model.latent_dim:]
     class ExactQ(torch.nn.Module):  # 50 x the one-hot (confident, right class) and the continuous code itself
@@ -157,20 +157,20 @@ def test_pull_away_term_against_a_double_loop():
 
 @pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
 def test_ebgan_trains_with_margin(info, args):
-    model = EBGAN(info, margin=0.5, **args)
+    model = EBGAN.build(info, margin=0.5, **args)
     x = model.to_model_space(loader(info).dataset.tensors[0][:4])
     energy = model.critic(x)
     assert energy.shape == (4,) and (energy >= 0).all()
     trainer = fit(model, info)
     assert "train/energy_fake" in trainer.callback_metrics and "train/pull_away" in trainer.callback_metrics
     with pytest.raises(DgmrunError, match="pack"):
-        EBGAN(info, pack=2, **args)
+        EBGAN.build(info, pack=2, **args)
 
 
 # ------------------------------------------------------------------------------------ BiGAN
 @pytest.mark.parametrize("info,args", [(TOY, SMALL_MLP), (IMG, SMALL_CONV)])
 def test_bigan_trains_encoder_and_reconstructs(info, args):
-    model = BiGAN(info, pack=2, **args)
+    model = BiGAN.build(info, pack=2, **args)
     enc_before = [p.detach().clone() for p in model.encoder.parameters()]
     fit(model, info)
     assert any(not torch.equal(a, b) for a, b in zip(enc_before, model.encoder.parameters()))  # E is trained
@@ -196,7 +196,7 @@ class LinearJointCritic(torch.nn.Module):
 
 
 def bigan_with_linear_critic(loss: str, pack: int) -> BiGAN:
-    model = BiGAN(TOY, loss=loss, pack=pack, latent_dim=3, **SMALL_MLP)
+    model = BiGAN.build(TOY, loss=loss, pack=pack, latent_dim=3, **SMALL_MLP)
     g = torch.Generator().manual_seed(0)
     model.discriminator = LinearJointCritic(torch.randn(2 * pack, generator=g), torch.randn(3 * pack, generator=g))
     return model
@@ -258,9 +258,9 @@ def test_bigan_encoder_learns_to_invert_the_generator(seed):
     from dgmrun.data.datamodule import Toy2D
 
     torch.manual_seed(seed)
-    dm = Toy2D(name="toy2d", shape="8gaussians", num_train=8192, batch_size=128, seed=seed)
+    dm = Toy2D.build(name="toy2d", shape="8gaussians", num_train=8192, batch_size=128, seed=seed)
     dm.setup("fit")
-    model = BiGAN(dm.info.to_dict(), latent_dim=2, g_hidden_dims=[64, 64], d_hidden_dims=[128, 128],
+    model = BiGAN.build(dm.info.to_dict(), latent_dim=2, g_hidden_dims=[64, 64], d_hidden_dims=[128, 128],
                   e_hidden_dims=[64, 64], scheduler={"name": "cosine"})
 
     def inversion() -> float:
@@ -301,7 +301,7 @@ def test_median_bandwidths():
 
 @pytest.mark.parametrize("space,info", [("pixels", TOY), ("pixels", IMG), ("code", IMG), ("code", TOY)])
 def test_gmmn_trains_and_samples(space, info):
-    model = GMMN(info, space=space, hidden_dims=[16], ae_hidden_dims=[16], code_dim=4)
+    model = GMMN.build(info, space=space, hidden_dims=[16], ae_hidden_dims=[16], code_dim=4)
     trainer = fit(model, info)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/mmd2"])
     model.eval()
@@ -315,7 +315,7 @@ def test_gmmn_trains_and_samples(space, info):
 
 def test_gmmn_generator_gets_closer_in_mmd():
     torch.manual_seed(0)
-    model = GMMN(TOY, hidden_dims=[32, 32], bandwidths=[0.5, 1.0, 2.0])
+    model = GMMN.build(TOY, hidden_dims=[32, 32], bandwidths=[0.5, 1.0, 2.0])
     data = torch.randn(128, 2) * 0.3 + torch.tensor([2.0, -1.0])
     before = mmd2(data, model.sample(128, torch.Generator().manual_seed(1)), [0.5, 1.0, 2.0])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -357,12 +357,12 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("make", [
-    pytest.param(lambda: CGAN(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="cgan"),
-    pytest.param(lambda: ACGAN(TOY, pack=2, **SMALL_MLP), marks=SLOW, id="acgan"),
-    pytest.param(lambda: InfoGAN(IMG, categorical_dim=3, pack=2, fc_dim=8, d_batch_norm=True, **SMALL_CONV), id="infogan"),
-    pytest.param(lambda: EBGAN(TOY, **SMALL_MLP), marks=SLOW, id="ebgan"),
-    pytest.param(lambda: BiGAN(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="bigan"),
-    pytest.param(lambda: GMMN(IMG, space="code", hidden_dims=[16], ae_hidden_dims=[16]), marks=SLOW, id="gmmn"),
+    pytest.param(lambda: CGAN.build(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="cgan"),
+    pytest.param(lambda: ACGAN.build(TOY, pack=2, **SMALL_MLP), marks=SLOW, id="acgan"),
+    pytest.param(lambda: InfoGAN.build(IMG, categorical_dim=3, pack=2, fc_dim=8, d_batch_norm=True, **SMALL_CONV), id="infogan"),
+    pytest.param(lambda: EBGAN.build(TOY, **SMALL_MLP), marks=SLOW, id="ebgan"),
+    pytest.param(lambda: BiGAN.build(IMG, pack=2, **SMALL_CONV), marks=SLOW, id="bigan"),
+    pytest.param(lambda: GMMN.build(IMG, space="code", hidden_dims=[16], ae_hidden_dims=[16]), marks=SLOW, id="gmmn"),
 ])
 def test_family_trains_under_ddp_with_bf16(make, tmp_path):
     """Two gloo ranks under bf16 mixed precision: every backward reaches every parameter (DDP raises
@@ -386,9 +386,9 @@ def test_gmmn_code_space_keeps_distinct_codes_on_real_digits(mnist_small):
     from dgmrun.data.datamodule import MNISTLike
 
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(mnist_small), batch_size=128, binarize="none")
+    dm = MNISTLike.build(name="mnist", root=str(mnist_small), batch_size=128, binarize="none")
     dm.setup("fit")
-    model = GMMN(dm.info.to_dict(), space="code")
+    model = GMMN.build(dm.info.to_dict(), space="code")
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, max_epochs=3, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)

@@ -37,9 +37,9 @@ def trained():
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found")
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
     dm.setup("fit")
-    model = IWAE(dm.info.to_dict(), k=5, latent_dim=8, hidden_dims=[64], optimizer={"lr": 2e-3})
+    model = IWAE.build(dm.info.to_dict(), k=5, latent_dim=8, hidden_dims=[64], optimizer={"lr": 2e-3})
     losses = train(model, dm, 150)
     dm.setup("test")
     x = next(iter(dm.test_dataloader()))[0][:100]
@@ -78,7 +78,7 @@ def test_iwae_gradient_is_the_weighted_sum_of_the_log_weight_gradients():
     """Burda et al. eq. 14: grad L_k = sum_i w~_i grad log w_i (for fixed noise)."""
     torch.manual_seed(0)
     info = {"name": "t", "shape": [1, 4, 4], "num_classes": 0, "levels": 2}
-    model = IWAE(info, k=7, latent_dim=3, hidden_dims=[8])
+    model = IWAE.build(info, k=7, latent_dim=3, hidden_dims=[8])
     x = torch.bernoulli(torch.full((2, 1, 4, 4), 0.5))
     torch.manual_seed(5)
     log_w = model.log_importance_weights(x, 7)

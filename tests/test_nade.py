@@ -19,7 +19,7 @@ def info(shape):
 
 def test_logit_d_depends_only_on_earlier_dimensions():
     torch.manual_seed(0)
-    model = NADE(info((1, 8, 8)), hidden_dim=16)
+    model = NADE.build(info((1, 8, 8)), hidden_dim=16)
     x = torch.bernoulli(torch.full((1, 1, 8, 8), 0.5))
     jac = torch.autograd.functional.jacobian(lambda v: model.logits(v)[0], x).reshape(64, 64)
     assert (jac.triu() == 0).all()  # d logit_d / d x_j = 0 for j >= d
@@ -28,7 +28,7 @@ def test_logit_d_depends_only_on_earlier_dimensions():
 
 def test_probabilities_of_all_binary_images_sum_to_one():
     torch.manual_seed(0)
-    model = NADE(info((1, 2, 5)), hidden_dim=7)
+    model = NADE.build(info((1, 2, 5)), hidden_dim=7)
     with torch.no_grad():
         model.b.normal_()
         model.V.normal_()
@@ -41,7 +41,7 @@ def test_probabilities_of_all_binary_images_sum_to_one():
 def test_samples_follow_the_model():
     """Ancestral samples of a tiny NADE have the enumerated probabilities (chi-square-ish check)."""
     torch.manual_seed(0)
-    model = NADE(info((1, 1, 3)), hidden_dim=5)
+    model = NADE.build(info((1, 1, 3)), hidden_dim=5)
     with torch.no_grad():
         model.W.normal_(std=2.0)
         model.b.normal_()
@@ -57,8 +57,8 @@ def test_trains_on_mnist_small_and_samples():
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found")
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
-    model = NADE(dm.info.to_dict(), hidden_dim=32, optimizer={"lr": 5e-3})
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
+    model = NADE.build(dm.info.to_dict(), hidden_dim=32, optimizer={"lr": 5e-3})
     losses = train_losses(model, dm, max_steps=200)
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 100
     samples = model.sample(4, torch.Generator().manual_seed(0))

@@ -33,7 +33,7 @@ def pixel_jacobian(model, x, labels=None):
 @pytest.mark.parametrize("levels", [2, 4])
 def test_output_at_a_pixel_depends_only_on_earlier_pixels(gated, levels):
     torch.manual_seed(0)
-    model = PixelCNN(info((2, 8, 8), levels), channels=8, num_layers=4, kernel_size=5, gated=gated)
+    model = PixelCNN.build(info((2, 8, 8), levels), channels=8, num_layers=4, kernel_size=5, gated=gated)
     x = torch.randint(0, levels, (1, 2, 8, 8)).float() / (levels - 1)
     jac = pixel_jacobian(model, x)
     assert (jac.triu() == 0).all()  # nothing from the pixel itself or later ones
@@ -46,8 +46,8 @@ def test_plain_pixelcnn_has_the_blind_spot_gated_does_not():
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((1, 1, 10, 10), 0.5))
     target, hidden = 5 * 10 + 3, 4 * 10 + 7  # pixel (5, 3) and pixel (4, 7)
-    plain = PixelCNN(info((1, 10, 10)), channels=8, num_layers=6, kernel_size=3, gated=False)
-    gated = PixelCNN(info((1, 10, 10)), channels=8, num_layers=4, kernel_size=3, gated=True)
+    plain = PixelCNN.build(info((1, 10, 10)), channels=8, num_layers=6, kernel_size=3, gated=False)
+    gated = PixelCNN.build(info((1, 10, 10)), channels=8, num_layers=4, kernel_size=3, gated=True)
     assert pixel_jacobian(plain, x)[target, hidden] == 0
     assert pixel_jacobian(gated, x)[target, hidden] > 0
 
@@ -55,7 +55,7 @@ def test_plain_pixelcnn_has_the_blind_spot_gated_does_not():
 def test_conditional_causality_and_labels_matter():
     torch.manual_seed(0)
     for gated in (False, True):
-        model = PixelCNN(info((1, 6, 6), 2, num_classes=3), channels=8, num_layers=3, kernel_size=3, gated=gated,
+        model = PixelCNN.build(info((1, 6, 6), 2, num_classes=3), channels=8, num_layers=3, kernel_size=3, gated=gated,
                          conditional=True)
         x = torch.bernoulli(torch.full((1, 1, 6, 6), 0.5))
         jac = pixel_jacobian(model, x, torch.tensor([1]))
@@ -69,7 +69,7 @@ def test_conditional_causality_and_labels_matter():
 @pytest.mark.parametrize("shape, levels", [((1, 3, 3), 2), ((1, 2, 2), 3)])
 def test_probabilities_of_all_images_sum_to_one(gated, shape, levels):
     torch.manual_seed(0)
-    model = PixelCNN(info(shape, levels), channels=8, num_layers=3, kernel_size=3, gated=gated)
+    model = PixelCNN.build(info(shape, levels), channels=8, num_layers=3, kernel_size=3, gated=gated)
     dims = shape[0] * shape[1] * shape[2]
     images = torch.tensor(list(itertools.product(range(levels), repeat=dims))).float().view(-1, *shape) / (levels - 1)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_probabilities_of_all_images_sum_to_one(gated, shape, levels):
 
 
 def test_conditional_sampling_uses_the_requested_classes():
-    model = PixelCNN(info((1, 4, 4), 2, num_classes=10), channels=4, num_layers=2, kernel_size=3, conditional=True)
+    model = PixelCNN.build(info((1, 4, 4), 2, num_classes=10), channels=4, num_layers=2, kernel_size=3, conditional=True)
     assert model.grid_labels(24, [3, 7]).tolist() == [3] * 8 + [7] * 8 + [3] * 8
     assert model.grid_labels(16).tolist() == [0] * 8 + [1] * 8
     s1 = model.sample(16, torch.Generator().manual_seed(1), classes=[3, 7])
@@ -91,8 +91,8 @@ def test_trains_on_mnist_small_and_samples(gated):
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found")
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=16, binarize="dynamic")
-    model = PixelCNN(dm.info.to_dict(), channels=16, num_layers=3, kernel_size=3, gated=gated, optimizer={"lr": 3e-3})
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=16, binarize="dynamic")
+    model = PixelCNN.build(dm.info.to_dict(), channels=16, num_layers=3, kernel_size=3, gated=gated, optimizer={"lr": 3e-3})
     losses = train_losses(model, dm, max_steps=100)
     assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
     samples = model.eval().sample(2, torch.Generator().manual_seed(0))

@@ -28,7 +28,7 @@ def info(shape, levels=2):
 
 def tiny_rbm(d=5, h=3, seed=0):
     torch.manual_seed(seed)
-    model = RBM(info((1, 1, d)), hidden_dim=h)
+    model = RBM.build(info((1, 1, d)), hidden_dim=h)
     with torch.no_grad():
         model.W.normal_()
         model.b.normal_()
@@ -52,7 +52,7 @@ def test_free_energy_matches_enumeration_of_the_joint():
 
 def test_gaussian_free_energy_integrates_the_hiddens():
     torch.manual_seed(0)
-    model = RBM(info((1, 1, 4), levels=None), hidden_dim=3, visible="gaussian")
+    model = RBM.build(info((1, 1, 4), levels=None), hidden_dim=3, visible="gaussian")
     with torch.no_grad():
         model.W.normal_()
         model.b.normal_()
@@ -66,7 +66,7 @@ def test_gaussian_free_energy_integrates_the_hiddens():
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
 def test_cd_gradients_are_the_cd_update_and_the_gradient_of_the_free_energy_gap(persistent, visible):
     torch.manual_seed(0)
-    model = RBM(info((1, 4, 4)), hidden_dim=6, visible=visible, cd_k=2, persistent=persistent, num_chains=7)
+    model = RBM.build(info((1, 4, 4)), hidden_dim=6, visible=visible, cd_k=2, persistent=persistent, num_chains=7)
     with torch.no_grad():
         model.W.normal_(std=0.5)
         model.b.normal_()
@@ -90,7 +90,7 @@ def test_cd_gradients_are_the_cd_update_and_the_gradient_of_the_free_energy_gap(
 
 def test_a_cd_step_raises_the_visible_bias_where_the_data_are_on():
     torch.manual_seed(0)
-    model = RBM(info((1, 2, 2)), hidden_dim=3, cd_k=1, optimizer={"lr": 0.1})
+    model = RBM.build(info((1, 2, 2)), hidden_dim=3, cd_k=1, optimizer={"lr": 0.1})
     x = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(64, 1).view(64, 1, 2, 2)
     model.cd_gradients(x.flatten(1))
     # descent direction -grad: up for pixels that are on in the data more often than in the model
@@ -165,10 +165,10 @@ def cd1_digit_rbm():
     where the data never are (with that base, 100 chains x 1,000 betas put log Z 12-24 nats low)."""
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found (the hard case needs real 28x28 digits)")
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=64, binarize="static")
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=64, binarize="static")
     x, test = dm.split_tensors("train")[0][:2000], dm.split_tensors("test")[0][:200]
     torch.manual_seed(0)
-    model = RBM(dm.info.to_dict(), hidden_dim=14, cd_k=1, optimizer={"lr": 0.1})
+    model = RBM.build(dm.info.to_dict(), hidden_dim=14, cd_k=1, optimizer={"lr": 0.1})
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x))), batch_size=64)
     pl.Trainer(max_epochs=10, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, limit_val_batches=0).fit(model, loader)
@@ -204,8 +204,8 @@ def test_trains_on_mnist_small_and_samples():
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found")
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=64, binarize="dynamic")
-    model = RBM(dm.info.to_dict(), hidden_dim=64, persistent=True, num_chains=64, sample_gibbs_steps=50,
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=64, binarize="dynamic")
+    model = RBM.build(dm.info.to_dict(), hidden_dim=64, persistent=True, num_chains=64, sample_gibbs_steps=50,
                 optimizer={"lr": 0.05})
     errors: list[float] = []
 
@@ -231,8 +231,8 @@ def test_under_ddp_the_replicas_take_the_same_steps(tmp_path):
     over them, so both end with the same weights (without the all-reduce they would drift apart)."""
     from dgmrun.data.datamodule import Digits
 
-    dm = Digits(batch_size=32, binarize="dynamic")
-    model = RBM(dm.info.to_dict(), hidden_dim=16, persistent=True, num_chains=16)
+    dm = Digits.build(batch_size=32, binarize="dynamic")
+    model = RBM.build(dm.info.to_dict(), hidden_dim=16, persistent=True, num_chains=16)
     initial = model.W.detach().clone()
     pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=5, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -14,7 +14,7 @@ DIGITS = DataInfo("digits", (1, 8, 8), 10, 2).to_dict()
 
 
 def test_conditional_model_gets_the_classes_asked_for(monkeypatch):
-    model = PixelCNN(DIGITS, channels=8, num_layers=2, kernel_size=3, conditional=True).eval()
+    model = PixelCNN.build(DIGITS, channels=8, num_layers=2, kernel_size=3, conditional=True).eval()
     seen = []
     original = model.grid_labels
     monkeypatch.setattr(model, "grid_labels", lambda n, classes: seen.append(classes) or original(n, classes))
@@ -26,8 +26,8 @@ def test_conditional_model_gets_the_classes_asked_for(monkeypatch):
 
 def test_unconditional_models_and_unknown_classes_are_refused():
     with pytest.raises(DgmrunError, match="not class-conditional"):
-        VAE(DIGITS, latent_dim=2).sampler([1])
-    model = PixelCNN(DIGITS, channels=8, num_layers=2, kernel_size=3, conditional=True)
+        VAE.build(DIGITS, latent_dim=2).sampler([1])
+    model = PixelCNN.build(DIGITS, channels=8, num_layers=2, kernel_size=3, conditional=True)
     with pytest.raises(DgmrunError, match=r"\[10\] not in 0..9"):
         model.sampler([2, 10])
-    assert VAE(DIGITS, latent_dim=2).sampler(None).__name__ == "sample"
+    assert VAE.build(DIGITS, latent_dim=2).sampler(None).__name__ == "sample"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dgmrun.checkpoint import build_model
+from dgmrun.models.base import build_model
 from dgmrun.schema import validate
 
 

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from dgmrun.checkpoint import build_model
+from dgmrun.models.base import build_model
 from dgmrun.data.info import DataInfo
 from dgmrun.models.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian
 from dgmrun.models.vae import VAE
@@ -67,7 +67,7 @@ class ExactPosterior(nn.Module):
 def linear_gaussian_vae() -> tuple[VAE, torch.Tensor, torch.Tensor]:
     """A VAE whose decoder is x = W z + b with unit noise, W with orthogonal columns (diagonal posterior)."""
     info = DataInfo("points", (3,), 0, None)
-    vae = VAE(info.to_dict(), latent_dim=2, arch="mlp", hidden_dims=[8], likelihood="gaussian", learn_variance=False)
+    vae = VAE.build(info.to_dict(), latent_dim=2, arch="mlp", hidden_dims=[8], likelihood="gaussian", learn_variance=False)
     q, _ = torch.linalg.qr(torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))
     weight = q * torch.tensor([2.0, 0.7])
     bias = torch.tensor([0.5, -1.0, 0.2])
@@ -115,9 +115,9 @@ def test_elbo_is_exact_in_expectation_and_importance_sampling_converges_from_a_p
 
 def test_kl_warmup_is_linear_up_to_beta():
     info = DataInfo("points", (2,), 0, None).to_dict()
-    vae = VAE(info, latent_dim=2, beta=2.0, kl_warmup_steps=100)
+    vae = VAE.build(info, latent_dim=2, beta=2.0, kl_warmup_steps=100)
     assert [vae.kl_weight(step) for step in (0, 50, 100, 400)] == [0.0, 1.0, 2.0, 2.0]
-    assert VAE(info, latent_dim=2, beta=3.0).kl_weight(0) == 3.0
+    assert VAE.build(info, latent_dim=2, beta=3.0).kl_weight(0) == 3.0
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "discretized_logistic"])

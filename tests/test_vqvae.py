@@ -22,7 +22,7 @@ def info(shape, levels=2):
 
 def test_quantize_picks_the_nearest_code_and_gradients_pass_straight_through():
     torch.manual_seed(0)
-    model = VQVAE(info((1, 8, 8)), num_codes=5, code_dim=3, channels=[4, 8])
+    model = VQVAE.build(info((1, 8, 8)), num_codes=5, code_dim=3, channels=[4, 8])
     z_e = torch.randn(2, 3, 2, 2)
     codes, z_q = model.quantize(z_e)
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 3)
@@ -35,7 +35,7 @@ def test_quantize_picks_the_nearest_code_and_gradients_pass_straight_through():
 
 
 def test_ema_update_moves_codes_to_their_cluster_means_and_restarts_dead_codes():
-    model = VQVAE(info((1, 8, 8)), num_codes=4, code_dim=2, ema_decay=0.5)
+    model = VQVAE.build(info((1, 8, 8)), num_codes=4, code_dim=2, ema_decay=0.5)
     with torch.no_grad():
         model.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [50.0, 50.0], [-50.0, 50.0]]))
         model.ema_sum.copy_(model.codebook)
@@ -53,7 +53,7 @@ def test_ema_update_moves_codes_to_their_cluster_means_and_restarts_dead_codes()
 
 def test_test_nll_is_reconstruction_plus_l_log_k():
     torch.manual_seed(0)
-    model = VQVAE(info((1, 8, 8)), num_codes=16, code_dim=3, channels=[4, 8])
+    model = VQVAE.build(info((1, 8, 8)), num_codes=16, code_dim=3, channels=[4, 8])
     x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.5))
     recon = model.extra_test_metrics(x)["reconstruction"]
     assert torch.allclose(-model.log_likelihood(x), recon + 4 * math.log(16), atol=1e-4)
@@ -79,9 +79,9 @@ def test_vqvae_and_its_prior_train_on_mnist_small(tmp_path):
     if not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("mnist-small not found")
     torch.manual_seed(0)
-    dm = MNISTLike(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
+    dm = MNISTLike.build(name="mnist", root=str(MNIST_SMALL), batch_size=32, binarize="dynamic")
     hparams = dict(num_codes=16, code_dim=8, channels=[16, 32])
-    vqvae = VQVAE(dm.info.to_dict(), optimizer={"lr": 2e-3}, **hparams)
+    vqvae = VQVAE.build(dm.info.to_dict(), optimizer={"lr": 2e-3}, **hparams)
     trainer, losses = fit(vqvae, dm, 200)
     assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
     # a dgmrun checkpoint (with its run record), as task=train writes it
@@ -89,7 +89,7 @@ def test_vqvae_and_its_prior_train_on_mnist_small(tmp_path):
     ckpt = tmp_path / "vqvae.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    prior = VQVAEPrior(dm.info.to_dict(), vqvae_ckpt=str(ckpt), channels=16, num_layers=3, optimizer={"lr": 3e-3})
+    prior = VQVAEPrior.build(dm.info.to_dict(), vqvae_ckpt=str(ckpt), channels=16, num_layers=3, optimizer={"lr": 3e-3})
     assert torch.equal(prior.vqvae.codebook, vqvae.codebook)
     _, prior_losses = fit(prior, dm, 100)
     assert sum(prior_losses[-10:]) / 10 < sum(prior_losses[:10]) / 10 - 10
@@ -121,7 +121,7 @@ def vae_checkpoint(path: Path) -> Path:
 
     from dgmrun.models.vae import VAE
 
-    vae = VAE(info((1, 8, 8), levels=17), latent_dim=2, hidden_dims=[8])
+    vae = VAE.build(info((1, 8, 8), levels=17), latent_dim=2, hidden_dims=[8])
     vae.run_record = {"config": {"model": {"_target_": "dgmrun.models.vae.VAE", "latent_dim": 2, "hidden_dims": [8]}}}
     x = torch.randint(0, 17, (8, 1, 8, 8)) / 16
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,

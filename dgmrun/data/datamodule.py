@@ -15,7 +15,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from dgmrun.data import readers
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
+from dgmrun.schema import declared_data
+from dgmrun.schema.data import IMAGE_DATASETS, TOY2D_MODES
 
 Batch = tuple[Tensor, Tensor]
 SPLITS = ("train", "val", "test")
-BINARIZE_MODES = ("none", "static", "dynamic")
 # Seeds what must not depend on the run seed: the one Bernoulli draw of validation/test data under
 # dynamic binarization, the test images of sets without an official test split, and the reference side
 # of the sample metrics. Test NLLs (and FIDs) of runs with different seeds are then measured on
@@ -74,23 +75,6 @@ def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float =
     rest, test = carve(torch.arange(n), test_fraction, derive_seed(EVAL_SEED, "test"))
     train, val = carve(rest, val_fraction, derive_seed(seed, "val"))
     return {"train": train, "val": val, "test": test}
-
-
-def _check_fractions(**fractions: float) -> None:
-    for key, value in fractions.items():
-        if not 0.0 <= value < 1.0:
-            raise DgmrunError(f"data.{key} must be in [0, 1), not {value}")
-    if sum(fractions.values()) >= 1.0:
-        raise DgmrunError(f"data.{' + data.'.join(fractions)} must leave some training data (sum < 1)")
-
-
-def _check_binarize(mode: str) -> str:
-    if mode == "auto":  # dgmrun's config check replaces it with the model's choice (ModelConfig.binarize_auto)
-        raise DgmrunError("data.binarize=auto is decided by the model: give none, static or dynamic when "
-                          "building a data module without dgmrun's config check")
-    if mode not in BINARIZE_MODES:
-        raise DgmrunError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}, not {mode!r}")
-    return mode
 
 
 def _to_unit(x: Tensor) -> Tensor:
@@ -216,19 +200,26 @@ def _dynamic_binarize(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 class BaseDataModule(LightningDataModule):
-    """What every dataset shares: batch sizes, seed, the cached ``load()`` and ``info``, the run state."""
+    """What every dataset shares: batch sizes, seed, the cached ``load()`` and ``info``, the run state.
+
+    The settings are declared in ``dgmrun.schema.data`` (defaults, types, ranges); the constructors take
+    them all, checked, as the command line or ``Dataset.build(**settings)`` gives them."""
 
     def __init__(self, name: str, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise DgmrunError(
-                f"data.batch_size and data.eval_batch_size must be >= 1, not {batch_size} and {eval_batch_size}"
-            )
         self.name = name
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self._info: DataInfo | None = None
         self._train_batches: BatchOrder | None = None
         self._train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
+
+    @classmethod
+    def build(cls, **settings: Any) -> "BaseDataModule":
+        """This dataset as the command line builds it: the settings not given take their declared defaults,
+        and all are checked (``data.binarize`` must be none, static or dynamic)."""
+        from hydra.utils import instantiate
+
+        return instantiate(declared_data({"_target_": f"{cls.__module__}.{cls.__qualname__}", **settings}))
 
     # The position in the training order goes into checkpoints twice: Lightning saves the loader's own
     # state, but restores it only into a loader it builds after the checkpoint is read, and a model whose
@@ -311,9 +302,8 @@ class ImageOptions:
     split_indices: dict[str, Tensor]
 
     def _set_image_options(self, val_fraction: float, test_fraction: float, binarize: str) -> None:
-        _check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.binarize = _check_binarize(binarize)
+        self.binarize = binarize
         self.split_indices = {}  # each split's indices into its pool of images
 
     def _levels(self, raw_levels: int) -> int:
@@ -368,19 +358,8 @@ class ImageDataModule(ImageOptions, InMemoryDataModule):
     images get one draw from EVAL_SEED, whatever the run seed.
     """
 
-    levels = 256  # grey levels of the raw data
-    num_classes = 10
-
-    def __init__(
-        self,
-        name: str,
-        batch_size: int,
-        eval_batch_size: int,
-        seed: int,
-        val_fraction: float,
-        binarize: str,
-        test_fraction: float = 0.0,
-    ) -> None:
+    def __init__(self, name: str, batch_size: int, eval_batch_size: int, seed: int, val_fraction: float,
+                 binarize: str, test_fraction: float) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
         # split_indices["test"] indexes the official test set when there is one, else the one pool.
         self._set_image_options(val_fraction, test_fraction, binarize)
@@ -407,25 +386,18 @@ class ImageDataModule(ImageOptions, InMemoryDataModule):
                 views[key] = x if seed is None else bernoulli(x, derive_seed(seed, key[0]))
             idx = self.split_indices[split]
             self._cpu[split] = (views[key][idx], pools[key[0]][1][idx].long())
-        shape = tuple(self._cpu["train"][0].shape[1:])
-        return DataInfo(self.name, shape, self.num_classes, self._levels(self.levels))
+        shape, num_classes, levels = IMAGE_DATASETS[self.name]
+        read = tuple(self._cpu["train"][0].shape[1:])
+        if read != shape:
+            raise DgmrunError(f"data {self.name}: the files hold images of shape {read}, not {shape}")
+        return DataInfo(self.name, shape, num_classes, self._levels(levels))
 
 
 class Digits(ImageDataModule):
     """scikit-learn's 1797 digits, 1×8×8 on the grid k/16 (levels 17), no official test split."""
 
-    levels = 17
-
-    def __init__(
-        self,
-        name: str = "digits",
-        batch_size: int = 128,
-        eval_batch_size: int = 500,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        binarize: str = "dynamic",
-    ) -> None:
+    def __init__(self, *, name: str, batch_size: int, eval_batch_size: int, seed: int, val_fraction: float,
+                 test_fraction: float, binarize: str) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed, val_fraction, binarize, test_fraction)
 
     def _read_pools(self) -> tuple[Batch, Batch | None]:
@@ -435,22 +407,10 @@ class Digits(ImageDataModule):
 class FileImageDataModule(ImageDataModule):
     """Image sets read from official files under ``root``, with an official test split."""
 
-    def __init__(
-        self,
-        name: str,
-        root: str,
-        batch_size: int = 128,
-        eval_batch_size: int = 500,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        binarize: str = "none",
-    ) -> None:
-        super().__init__(name, batch_size, eval_batch_size, seed, val_fraction, binarize)
-        self._check_name(name)
-        self.root = str(readers.resolve_root(root))  # now, while cwd is still the launch dir
-
-    def _check_name(self, name: str) -> None:
-        """Reject a name the class cannot read (at construction, not at the first batch)."""
+    def __init__(self, *, name: str, root: str, batch_size: int, eval_batch_size: int, seed: int,
+                 val_fraction: float, binarize: str) -> None:
+        super().__init__(name, batch_size, eval_batch_size, seed, val_fraction, binarize, test_fraction=0.0)
+        self.root = root
 
     def _read(self) -> dict[str, Batch]:
         raise NotImplementedError
@@ -462,9 +422,6 @@ class FileImageDataModule(ImageDataModule):
 
 class MNISTLike(FileImageDataModule):
     """MNIST, Fashion-MNIST or KMNIST (``name``: mnist | fashion_mnist | kmnist): 1×28×28, 10 classes."""
-
-    def _check_name(self, name: str) -> None:
-        readers.check_mnist_name(name)
 
     def _read(self) -> dict[str, Batch]:
         return readers.read_mnist_like(self.name, self.root)
@@ -480,25 +437,10 @@ class CIFAR10(FileImageDataModule):
 class Toy2D(InMemoryDataModule):
     """2-D point sets (see ``readers.sample_toy2d``); each split drawn from its own seeded generator."""
 
-    def __init__(
-        self,
-        name: str = "toy2d",
-        shape: str = "8gaussians",
-        num_train: int | None = None,
-        num_val: int = 2500,
-        num_test: int = 2500,
-        noise: float | None = None,
-        batch_size: int = 256,
-        eval_batch_size: int = 500,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, name: str, shape: str, num_train: int, num_val: int, num_test: int, noise: float,
+                 batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
-        readers.toy2d_modes(shape, noise)  # reject an unknown shape now, not at the first batch
-        if num_train is None:
-            num_train = readers.TOY2D_NUM_TRAIN.get(shape, readers.TOY2D_DEFAULT_NUM_TRAIN)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        if num_train < 1 or num_val < 0 or num_test < 0:
-            raise DgmrunError(f"data.num_train must be >= 1 and num_val, num_test >= 0, not {self.sizes}")
         self.shape, self.noise = shape, noise
 
     def modes(self) -> tuple[Tensor, float]:
@@ -509,7 +451,7 @@ class Toy2D(InMemoryDataModule):
         for split, n in self.sizes.items():
             generator = make_generator(derive_seed(self.seed, "toy2d", split))
             self._cpu[split] = readers.sample_toy2d(self.shape, n, generator, self.noise)
-        return DataInfo(self.name, (2,), len(self.modes()[0]), None)
+        return DataInfo(self.name, (2,), TOY2D_MODES.get(self.shape, 0), None)
 
 
 class ImageFiles(Dataset):
@@ -602,25 +544,11 @@ class ImageFolder(ImageOptions, BaseDataModule):
     """Unlabelled PNG/JPEG images under ``root`` (recursively), resized and centre-cropped to
     ``image_size``; read by a DataLoader with ``num_workers`` (Lightning adds the DistributedSampler)."""
 
-    def __init__(
-        self,
-        name: str = "image_folder",
-        root: str = "data/images",
-        image_size: int = 64,
-        channels: int = 3,
-        batch_size: int = 128,
-        eval_batch_size: int = 500,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        binarize: str = "none",
-        num_workers: int = 2,
-    ) -> None:
+    def __init__(self, *, name: str, root: str, image_size: int, channels: int, batch_size: int, eval_batch_size: int,
+                 seed: int, val_fraction: float, test_fraction: float, binarize: str, num_workers: int) -> None:
         super().__init__(name, batch_size, eval_batch_size, seed)
         self._set_image_options(val_fraction, test_fraction, binarize)
-        if channels not in readers.IMAGE_MODES or image_size < 1:
-            raise DgmrunError(f"data.channels must be 1 or 3 and data.image_size >= 1, not {channels} and {image_size}")
-        self.root = str(readers.resolve_root(root))
+        self.root = root
         self.image_size, self.channels, self.num_workers = image_size, channels, num_workers
         self.paths: list[Path] = []
 

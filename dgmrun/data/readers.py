@@ -237,23 +237,15 @@ def read_digits() -> Split:
 
 
 # -------------------------------------------------------------------------------------------- toy2d
-# Default Gaussian std of each shape (the mixture components' std for the two mixtures).
-TOY2D_NOISE = {"8gaussians": 0.02, "25gaussians": 0.05, "swissroll": 0.1, "moons": 0.05, "rings": 0.05}
 RING_RADII = (0.75, 1.5, 2.25, 3.0)
-# Default training-set size (data.num_train=null), so one epoch count fits every shape: the default 50 epochs
-# of batch 256 are 12,000 batches, and 28,800 for the 5x5 grid, whose 25 tight modes a GAN needs longer to find.
-TOY2D_NUM_TRAIN = {"25gaussians": 147_456}
-TOY2D_DEFAULT_NUM_TRAIN = 61_440
 
 
-def toy2d_modes(shape: str, noise: float | None = None) -> tuple[Tensor, float]:
-    """(centers K×2, std) of a mixture shape; K = 0 for the shapes that are not mixtures.
-
-    A sample within 3 std of a center counts as a high-quality sample of that mode.
+def toy2d_modes(shape: str, noise: float) -> tuple[Tensor, float]:
+    """(centers K×2, std) of a mixture shape (``dgmrun.schema.data.TOY2D_NOISE``: the shapes and their default
+    std); K = 0 for the shapes that are not mixtures. A sample within 3 std of a center counts as a
+    high-quality sample of that mode.
     """
-    if shape not in TOY2D_NOISE:
-        raise DgmrunError(f"unknown toy2d shape {shape!r}: data.shape must be one of {', '.join(TOY2D_NOISE)}")
-    std = TOY2D_NOISE[shape] if noise is None else float(noise)
+    std = float(noise)
     if shape == "8gaussians":
         angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
         centers = 2.0 * torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -265,7 +257,7 @@ def toy2d_modes(shape: str, noise: float | None = None) -> tuple[Tensor, float]:
     return centers.float(), std
 
 
-def sample_toy2d(shape: str, n: int, generator: torch.Generator, noise: float | None = None) -> Split:
+def sample_toy2d(shape: str, n: int, generator: torch.Generator, noise: float) -> Split:
     """n points (float32 N×2) and labels: the component index for mixtures, -1 for the other shapes."""
     centers, std = toy2d_modes(shape, noise)
     eps = std * torch.randn(n, 2, generator=generator)

@@ -3,13 +3,17 @@
 A model is a LightningModule (it owns its training step) that also answers three questions:
 
 - ``sample(n, generator)``: a batch in data space (images in [0, 1] as N×C×H×W, points as N×D);
-- ``log_likelihood(x, labels)``: per-example log p(x) in nats (exact, a bound or an estimate), or None;
+- ``log_likelihood(x, labels)``: per-example log p(x) in nats, of the ``likelihood_kind`` it declares
+  (``exact``, a lower ``bound``, an ``estimate``; ``none``: the model has no likelihood);
 - ``nll_estimator``: how that number is obtained (``exact``, ``elbo``, ``importance-k100``, ...).
 
 and declares what else it can do, for the tasks and metrics to read (never to sniff): whether it is
 ``class_conditional`` (then ``sample`` takes ``classes=`` and ``log_likelihood`` is log p(x | labels)),
 whether it has an unsupervised ``categorical_code`` (then ``sample_by_code`` says which value drew each
 sample), and which keys of the run's ``sample`` group its ``sample`` takes (``sampler_options``).
+Its settings are declared once, torch-free, in ``dgmrun.schema`` (their defaults, types and ranges, and
+whether the model steps its optimizers itself): the constructor takes them all, checked and with
+``auto`` resolved, as ``Model.build(data_info, **settings)`` gives them from Python.
 
 Evaluation (``test_step``) is generic: it logs ``test/nll`` and, when ``log_likelihood`` is a
 probability mass (``likelihood_is_discrete``), ``test/bpd`` from it, plus whatever
@@ -30,20 +34,35 @@ from torch import Tensor
 
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
-from dgmrun.schema import EvalConfig
-from dgmrun.schema.base import SCHEDULER_DEFAULTS
+from dgmrun.schema import MODEL_SCHEMAS, EvalConfig, declared_model
+from dgmrun.schema.base import SCHEDULER_DEFAULTS, ModelConfig
 
 
-def make_optimizer(params: Any, settings: dict[str, Any], default_betas: Sequence[float] = (0.9, 0.999)
-                   ) -> torch.optim.Optimizer:
-    """``model.optimizer`` (or a GAN player's): Adam (the default), RMSprop (WGAN's recipe) or plain SGD (RBM's)."""
-    name, weight_decay = settings.get("name", "adam"), settings.get("weight_decay", 0.0)
+def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    """``model.optimizer`` (or a GAN player's): Adam, RMSprop (WGAN's recipe) or plain SGD (RBM's)."""
+    name, lr, weight_decay = settings["name"], settings["lr"], settings["weight_decay"]
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=settings["lr"], weight_decay=weight_decay)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=settings["lr"], weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings.get("betas", default_betas)),
-                            weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(settings["betas"]), weight_decay=weight_decay)
+
+
+def build_model(model_cfg: Mapping[str, Any], info: DataInfo) -> "GenerativeModel":
+    """Instantiate ``model_cfg`` (a ``_target_`` and its settings; the others take their declared defaults)
+    for data described by ``info``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        model = instantiate(declared_model(model_cfg, info), data_info=info.to_dict(), _convert_="all")
+    except InstantiationException as e:  # a model refusing its arguments: the user's one-line message
+        if isinstance(e.__cause__, DgmrunError):
+            raise e.__cause__ from None
+        raise
+    if not isinstance(model, GenerativeModel):
+        raise DgmrunError(f"model._target_={model_cfg['_target_']} is not a dgmrun GenerativeModel")
+    return model
 
 
 def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_image: bool,
@@ -75,13 +94,16 @@ class GenerativeModel(pl.LightningModule):
     # Keys of the run's ``sample`` group that this model's ``sample`` takes as keyword options
     # (DDPM: sampler, steps, eta, guidance); the tasks pass these and no others.
     sampler_options: tuple[str, ...] = ()
+    # What ``log_likelihood`` gives: "exact", a lower "bound", an "estimate" (importance sampling, AIS), "none".
+    likelihood_kind = "exact"
 
-    def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+    def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None,
+                 scheduler: dict[str, Any] | None):
         super().__init__()
         self.data_info = DataInfo.from_dict(data_info)
-        self.optimizer_settings = dict(optimizer or {"lr": 1e-3})
+        self.optimizer_settings = dict(optimizer) if optimizer else None
         self.scheduler_settings = dict(scheduler) if scheduler else None
+        self.automatic_optimization = not self.declaration().manual_optimization
         self.eval_settings = {}
         # The resolved run config and provenance, written into every checkpoint by the tasks.
         self.run_record: dict[str, Any] = {}
@@ -95,6 +117,22 @@ class GenerativeModel(pl.LightningModule):
     @eval_settings.setter
     def eval_settings(self, settings: Mapping[str, Any]) -> None:
         self._eval_settings = {**dataclasses.asdict(EvalConfig()), **settings}
+
+    @classmethod
+    def declaration(cls) -> type[ModelConfig]:
+        """The ``dgmrun.schema`` declaration of this class's settings (of the nearest declared base class for
+        a user's subclass)."""
+        for c in cls.__mro__:
+            if f"{c.__module__}.{c.__qualname__}" in MODEL_SCHEMAS:
+                return MODEL_SCHEMAS[f"{c.__module__}.{c.__qualname__}"]
+        return ModelConfig
+
+    @classmethod
+    def build(cls, data_info: DataInfo | Mapping[str, Any], **settings: Any) -> "GenerativeModel":
+        """This model for data ``data_info``, as the command line builds it: the settings not given take
+        their declared defaults, all are checked, and ``auto`` is resolved for the data."""
+        info = data_info if isinstance(data_info, DataInfo) else DataInfo.from_dict(dict(data_info))
+        return build_model({"_target_": f"{cls.__module__}.{cls.__qualname__}", **settings}, info)
 
     # ------------------------------------------------------------------ the interface
     @property
@@ -124,8 +162,9 @@ class GenerativeModel(pl.LightningModule):
         """``n`` samples and the value of the categorical code that drew each (models with a ``categorical_code``)."""
         raise NotImplementedError
 
-    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor | None:
-        return None
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Per-example log p(x) (log p(x | labels) when ``class_conditional``) in nats, of ``likelihood_kind``."""
+        raise NotImplementedError
 
     def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None
                 ) -> Callable[[int, torch.Generator | None], Tensor]:
@@ -170,8 +209,8 @@ class GenerativeModel(pl.LightningModule):
 
     def _test_metrics(self, x: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         metrics = dict(self.extra_test_metrics(x))
-        log_px = self.log_likelihood(x, labels)
-        if log_px is not None:
+        if self.likelihood_kind != "none":
+            log_px = self.log_likelihood(x, labels)
             metrics["nll"] = -log_px
             if self.likelihood_is_discrete:  # bits/dim only for probability masses
                 metrics["bpd"] = self.bits_per_dim(-log_px)

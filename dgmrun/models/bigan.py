@@ -54,8 +54,7 @@ class JointCritic(nn.Module):
 
 
 class BiGAN(GAN):
-    def __init__(self, data_info: dict[str, Any], e_hidden_dims: list[int] | tuple[int, ...] = (64, 64, 64),
-                 **gan_args: Any):
+    def __init__(self, data_info: dict[str, Any], *, e_hidden_dims: list[int] | tuple[int, ...], **gan_args: Any):
         self.e_hidden_dims = list(e_hidden_dims)
         super().__init__(data_info, **gan_args)
         self.save_hyperparameters()

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.errors import DgmrunError
 from dgmrun.models.base import sample_labels
 from dgmrun.models.gan import GAN
 from dgmrun.nets.gan_blocks import pack_samples
@@ -40,10 +39,7 @@ class _Conditional(GAN):
 
     @property
     def num_classes(self) -> int:
-        k = self.data_info.num_classes
-        if k < 1:
-            raise DgmrunError(f"{type(self).__name__} needs labelled data; data {self.data_info.name} has no classes")
-        return k
+        return self.data_info.num_classes
 
     def generator_input_dim(self) -> int:
         return self.latent_dim + self.num_classes
@@ -65,7 +61,7 @@ class _Conditional(GAN):
 
 
 class CGAN(_Conditional):
-    def __init__(self, data_info: dict[str, Any], conditioning: str = "projection", **gan_args: Any):
+    def __init__(self, data_info: dict[str, Any], *, conditioning: str, **gan_args: Any):
         self.conditioning = conditioning
         super().__init__(data_info, **gan_args)
         self.save_hyperparameters()
@@ -92,7 +88,7 @@ class CGAN(_Conditional):
 
 
 class ACGAN(_Conditional):
-    def __init__(self, data_info: dict[str, Any], aux_weight: float = 1.0, **gan_args: Any):
+    def __init__(self, data_info: dict[str, Any], *, aux_weight: float, **gan_args: Any):
         super().__init__(data_info, **gan_args)
         self.save_hyperparameters()
         self.aux_weight = aux_weight

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmrun.errors import DgmrunError
 from dgmrun.models.base import GenerativeModel, sample_labels
 from dgmrun.models.ema import EMA
 from dgmrun.nets.unet import MLPDenoiser, UNet
@@ -141,18 +140,15 @@ class GaussianDiffusion(nn.Module):
 class DDPM(GenerativeModel):
     sampler_options = ("sampler", "steps", "eta", "guidance")
 
-    def __init__(self, data_info: dict[str, Any], num_timesteps: int = 1000, schedule: str = "linear",
-                 prediction: str = "eps", sigma: str = "posterior", base_channels: int = 64,
-                 channel_mult: Sequence[int] | None = None, num_res_blocks: int = 2,
-                 attention_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
-                 hidden_dims: Sequence[int] = (256, 256, 256), conditional: bool = False, p_uncond: float = 0.1,
-                 ema_decay: float | None = 0.9999, optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+    likelihood_kind = "bound"
+
+    def __init__(self, data_info: dict[str, Any], *, num_timesteps: int, schedule: str, prediction: str, sigma: str,
+                 base_channels: int, channel_mult: Sequence[int] | None, num_res_blocks: int,
+                 attention_resolutions: Sequence[int], dropout: float, hidden_dims: Sequence[int], conditional: bool,
+                 p_uncond: float, ema_decay: float | None, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
-        if conditional and info.num_classes == 0:
-            raise DgmrunError(f"model.conditional=true needs labelled data; {info.name} has no classes")
         self.prediction, self.sigma, self.p_uncond = prediction, sigma, p_uncond
         self.num_classes = info.num_classes if conditional else 0
         self.diffusion = GaussianDiffusion(schedule, num_timesteps)

@@ -19,7 +19,6 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.errors import DgmrunError
 from dgmrun.models.gan import GAN
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
@@ -48,12 +47,8 @@ class AutoencoderCritic(nn.Module):
 
 
 class EBGAN(GAN):
-    def __init__(self, data_info: dict[str, Any], margin: float = 0.3, pt_weight: float = 0.1, code_dim: int = 32,
-                 **gan_args: Any):
+    def __init__(self, data_info: dict[str, Any], *, margin: float, pt_weight: float, code_dim: int, **gan_args: Any):
         self.code_dim = code_dim
-        gan_args.setdefault("pack", 1)
-        if gan_args["pack"] != 1:
-            raise DgmrunError("model.pack must be 1 for EBGAN (its discriminator reconstructs single samples)")
         super().__init__(data_info, **gan_args)
         self.save_hyperparameters()
         self.margin, self.pt_weight = margin, pt_weight

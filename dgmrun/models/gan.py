@@ -67,7 +67,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.errors import DgmrunError
 from dgmrun.models.base import GenerativeModel, make_optimizer
 from dgmrun.models.ema import EMA
 from dgmrun.nets.gan_blocks import (
@@ -77,7 +76,6 @@ from dgmrun.nets.gan_blocks import (
     mlp_generator,
     pack_samples,
 )
-from dgmrun.schema.gan import resolve_gan_arch
 
 
 # ---------------------------------------------------------------------------------- the losses
@@ -183,28 +181,24 @@ def grad_norm(params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> Tensor
 class GAN(GenerativeModel):
     divergence_hint = "lower the learning rates (model.optimizer_d.lr, model.optimizer_g.lr) or change model.loss"
 
-    def __init__(self, data_info: dict[str, Any], loss: str = "ns", latent_dim: int = 16, noise: str = "normal",
-                 arch: str = "auto",
-                 g_hidden_dims: Sequence[int] = (64, 64, 64), d_hidden_dims: Sequence[int] = (256, 256, 256),
-                 g_channels: Sequence[int] = (64, 128), d_channels: Sequence[int] = (64, 128),
-                 fc_dim: int | None = None, d_batch_norm: bool = False, n_critic: int = 1,
-                 clip: float = 0.01, gp_weight: float = 10.0, spectral_norm: bool = False, minibatch_std: bool = True,
-                 pack: int = 2, ema_decay: float | None = 0.99, optimizer_g: dict[str, Any] | None = None,
-                 optimizer_d: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
-        super().__init__(data_info, None, scheduler)
+    likelihood_kind = "none"
+
+    def __init__(self, data_info: dict[str, Any], *, loss: str, latent_dim: int, noise: str, arch: str,
+                 g_hidden_dims: Sequence[int], d_hidden_dims: Sequence[int], g_channels: Sequence[int],
+                 d_channels: Sequence[int], fc_dim: int | None, d_batch_norm: bool, n_critic: int, clip: float,
+                 gp_weight: float, spectral_norm: bool, minibatch_std: bool, pack: int, ema_decay: float | None,
+                 optimizer_g: dict[str, Any], optimizer_d: dict[str, Any], scheduler: dict[str, Any] | None,
+                 optimizer: None):
+        super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        if loss not in LOSSES:
-            raise DgmrunError(f"model.loss={loss!r} is not one of: {', '.join(LOSSES)}")
         self.loss_name, self.d_loss_fn, self.g_loss_fn = loss, *LOSSES[loss]
         self.latent_dim, self.noise, self.n_critic, self.pack = latent_dim, noise, n_critic, pack
         self.clip, self.gp_weight = clip, gp_weight
         self.g_hidden_dims, self.d_hidden_dims = list(g_hidden_dims), list(d_hidden_dims)
         self.g_channels, self.d_channels = list(g_channels), list(d_channels)
         self.spectral_norm, self.minibatch_std = spectral_norm, minibatch_std
-        self.optimizer_g_settings = dict(optimizer_g or {"lr": 1e-3, "betas": (0.5, 0.999)})
-        self.optimizer_d_settings = dict(optimizer_d or {"lr": 1e-3, "betas": (0.5, 0.999)})
-        self.arch = resolve_gan_arch(arch, self.data_info)
+        self.optimizer_g_settings, self.optimizer_d_settings = dict(optimizer_g), dict(optimizer_d)
+        self.arch = arch
         self.fc_dim, self.d_batch_norm = fc_dim, d_batch_norm and self.arch == "dcgan"  # DCGAN players only
         self.generator = self.build_generator(self.generator_input_dim())
         self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
@@ -299,8 +293,8 @@ class GAN(GenerativeModel):
 
     # ------------------------------------------------------------------ Lightning
     def configure_optimizers(self) -> Any:
-        opt_d = make_optimizer(self.d_parameters(), self.optimizer_d_settings, default_betas=(0.5, 0.999))
-        opt_g = make_optimizer(self.g_parameters(), self.optimizer_g_settings, default_betas=(0.5, 0.999))
+        opt_d = make_optimizer(self.d_parameters(), self.optimizer_d_settings)
+        opt_g = make_optimizer(self.g_parameters(), self.optimizer_g_settings)
         schedulers = self._make_schedulers(opt_d, opt_g)
         return ([opt_d, opt_g], schedulers) if schedulers else [opt_d, opt_g]
 
@@ -384,10 +378,6 @@ class GAN(GenerativeModel):
         return every > 0 and ((self.trainer.fit_loop.total_batch_idx + 1) % every == 0 or self.trainer.should_stop)
 
     # ------------------------------------------------------------------ GenerativeModel
-    @property
-    def nll_estimator(self) -> str:
-        return "none"
-
     def ema_generator(self) -> contextlib.AbstractContextManager[Any]:
         """The generator with its EMA weights swapped in (restored on exit); the plain one without EMA."""
         return self.ema.swapped(self.generator) if self.ema is not None else contextlib.nullcontext(self.generator)

@@ -54,11 +54,12 @@ def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float]) -> Tensor:
 
 
 class GMMN(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], latent_dim: int = 16, hidden_dims: Sequence[int] = (128, 128, 128),
-                 space: str = "pixels", code_dim: int = 8, ae_hidden_dims: Sequence[int] = (256, 128),
-                 bandwidths: Sequence[float] | None = None, optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
-        super().__init__(data_info, optimizer or {"lr": 1e-3}, scheduler)
+    likelihood_kind = "none"
+
+    def __init__(self, data_info: dict[str, Any], *, latent_dim: int, hidden_dims: Sequence[int], space: str,
+                 code_dim: int, ae_hidden_dims: Sequence[int], bandwidths: Sequence[float] | None,
+                 optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
+        super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
         self.latent_dim, self.space = latent_dim, space
@@ -110,10 +111,6 @@ class GMMN(GenerativeModel):
         return loss
 
     # ------------------------------------------------------------------ GenerativeModel
-    @property
-    def nll_estimator(self) -> str:
-        return "none"
-
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)

@@ -38,8 +38,8 @@ from dgmrun.nets.gan_blocks import maybe_bn, pack_samples
 
 
 class InfoGAN(GAN):
-    def __init__(self, data_info: dict[str, Any], num_categorical: int = 1, categorical_dim: int = 10,
-                 continuous_dim: int = 2, info_weight: float = 1.0, **gan_args: Any):
+    def __init__(self, data_info: dict[str, Any], *, num_categorical: int, categorical_dim: int,
+                 continuous_dim: int, info_weight: float, **gan_args: Any):
         self.num_categorical, self.categorical_dim, self.continuous_dim = num_categorical, categorical_dim, continuous_dim
         super().__init__(data_info, **gan_args)
         self.save_hyperparameters()

@@ -24,7 +24,7 @@ from dgmrun.models.vae import VAE
 
 
 class IWAE(VAE):
-    def __init__(self, data_info: dict[str, Any], k: int = 5, **vae_kwargs: Any):
+    def __init__(self, data_info: dict[str, Any], *, k: int, **vae_kwargs: Any):
         super().__init__(data_info, **vae_kwargs)
         self.save_hyperparameters()
         self.k = k

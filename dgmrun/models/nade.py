@@ -23,8 +23,8 @@ from dgmrun.models.base import GenerativeModel
 
 
 class NADE(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], hidden_dim: int = 500, optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+    def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, optimizer: dict[str, Any],
+                 scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         d = self.data_info.num_dims

@@ -27,9 +27,8 @@ from dgmrun.nets.masked import PixelCNNNet
 
 
 class PixelCNN(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], channels: int = 64, num_layers: int = 6, kernel_size: int = 5,
-                 gated: bool = False, conditional: bool = False,
-                 optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
+    def __init__(self, data_info: dict[str, Any], *, channels: int, num_layers: int, kernel_size: int, gated: bool,
+                 conditional: bool, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info

@@ -21,7 +21,6 @@ from dgmrun.models.base import GenerativeModel, reconstruction_grid
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
-from dgmrun.schema.vae import resolve_vae_choices
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -32,15 +31,15 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 class VAE(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], latent_dim: int = 16, arch: str = "auto",
-                 hidden_dims: Sequence[int] = (512, 256), channels: Sequence[int] = (32, 64),
-                 likelihood: str = "auto", learn_variance: bool = True, beta: float = 1.0,
-                 kl_warmup_steps: int = 0, optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+    likelihood_kind = "estimate"
+
+    def __init__(self, data_info: dict[str, Any], *, latent_dim: int, arch: str, hidden_dims: Sequence[int],
+                 channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
+                 optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
-        self.arch, likelihood = resolve_vae_choices(arch, likelihood, info)
+        self.arch = arch
         self.likelihood = make_likelihood(likelihood, info.levels, learn_variance)
         self.latent_dim, self.beta, self.kl_warmup_steps = latent_dim, beta, kl_warmup_steps
         out_per_dim = self.likelihood.num_params

@@ -35,10 +35,11 @@ from dgmrun.schema import resolve_ckpt_path
 
 
 class VQVAE(GenerativeModel):
-    def __init__(self, data_info: dict[str, Any], num_codes: int = 64, code_dim: int = 16,
-                 channels: Sequence[int] = (32, 64), commitment: float = 0.25, ema_decay: float = 0.99,
-                 restart_dead_codes: bool = True, optimizer: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+    likelihood_kind = "bound"
+
+    def __init__(self, data_info: dict[str, Any], *, num_codes: int, code_dim: int, channels: Sequence[int],
+                 commitment: float, ema_decay: float, restart_dead_codes: bool, optimizer: dict[str, Any],
+                 scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
@@ -166,8 +167,10 @@ class VQVAE(GenerativeModel):
 class VQVAEPrior(GenerativeModel):
     """A gated PixelCNN over the code grid of a trained, frozen VQ-VAE (``model.vqvae_ckpt``)."""
 
-    def __init__(self, data_info: dict[str, Any], vqvae_ckpt: str, channels: int = 64, num_layers: int = 6,
-                 kernel_size: int = 3, optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
+    likelihood_kind = "bound"
+
+    def __init__(self, data_info: dict[str, Any], *, vqvae_ckpt: str, channels: int, num_layers: int,
+                 kernel_size: int, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         key = f"model.vqvae_ckpt={vqvae_ckpt}"

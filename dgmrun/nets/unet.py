@@ -60,22 +60,11 @@ class SelfAttention(nn.Module):
         return x + self.out(attended.transpose(-1, -2).reshape(n, c, h, w))
 
 
-def auto_channel_mult(side: int) -> list[int]:
-    """Multipliers for an image side: one level per halving that keeps an even side of >= 4 px, at most
-    three halvings (8 px -> [1, 2]; 28 px -> [1, 2, 2]; 32 px -> [1, 2, 2, 2], the paper's CIFAR-10 layout)."""
-    halvings = 0
-    while halvings < 3 and side % 2 == 0 and side // 2 >= 4:
-        side //= 2
-        halvings += 1
-    return [1] + [2] * halvings
-
-
 class UNet(nn.Module):
-    def __init__(self, in_channels: int, image_side: int, base_channels: int = 64,
-                 channel_mult: Sequence[int] | None = None, num_res_blocks: int = 2,
-                 attention_resolutions: Sequence[int] = (16,), dropout: float = 0.1, num_classes: int = 0):
+    def __init__(self, in_channels: int, image_side: int, base_channels: int, channel_mult: Sequence[int],
+                 num_res_blocks: int, attention_resolutions: Sequence[int], dropout: float, num_classes: int = 0):
         super().__init__()
-        mult = list(channel_mult) if channel_mult else auto_channel_mult(image_side)
+        mult = list(channel_mult)
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -14,6 +14,7 @@ from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union, get_type_hints
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -32,16 +33,18 @@ for _family in (vae, likelihood_models, gan, diffusion):
 # --------------------------------------------------------------------------------- run settings
 @dataclass
 class SampleConfig:
-    num: int = 64
-    seed: int = 0
-    every_n_epochs: int = 5
+    num: int = 64  # samples in each PNG grid and in task=sample
+    seed: int = 0  # task=sample is reproducible for a given seed
+    every_n_epochs: int = 5  # grids during training (0: only at the end)
     batch_size: int = 256
+    # class-conditional models (cgan, acgan, conditional pixelcnn and ddpm): these classes, e.g. [3, 7];
+    # null: one row of 8 per class
     classes: Optional[list[int]] = None
-    # Options of models that take them (``sampler_options``; DDPM):
-    sampler: str = "ddpm"
-    steps: int = 50
-    eta: float = 0.0
-    guidance: float = 1.0
+    # The options of models that take them (their ``sampler_options``; DDPM):
+    sampler: str = "ddpm"  # ddpm (T ancestral steps) | ddim (sample.steps steps)
+    steps: int = 50  # ddim: number of steps
+    eta: float = 0.0  # ddim: noise scale (0: deterministic given x_T; 1 with all T steps: the ddpm sampler)
+    guidance: float = 1.0  # conditional ddpm: classifier-free guidance weight (0: unconditional, 1: conditional)
 
     def check(self) -> None:
         require(self.num > 0, f"sample.num must be > 0, got {self.num}")
@@ -57,25 +60,30 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    num_importance_samples: int = 100
+    num_importance_samples: int = 100  # IS estimate of test NLL for latent-variable models (5000: paper protocol)
     batch_size: int = 100
-    num_samples: int = 2500
-    ais_chains: int = 100
+    num_samples: int = 2500  # samples drawn for sample-quality metrics (toy2d mode coverage, ...)
+    ais_chains: int = 100  # RBM: AIS chains per run for log Z (Salakhutdinov & Murray 2008 use 100)
+    # RBM: AIS (and RAISE) intermediate distributions, Salakhutdinov & Murray's 14,500. On a 500-hidden PCD RBM
+    # of mnist-small, 1000 put the NLL 7.5 nats low (AIS 118.3, RAISE 140.7; with 14500: 125.8 and 131.2)
     ais_betas: int = 14500
-    ais_runs: int = 2
-    raise_examples: int = 100
-    bound_timesteps: int = 0
-    # sample-quality metrics (dgmrun.metrics.samples)
+    ais_runs: int = 2  # RBM: independent AIS runs; test/log_z pools their chains, test/nll_std is their spread
+    raise_examples: int = 100  # RBM: test examples given a RAISE estimate, test/nll_raise (0: none)
+    bound_timesteps: int = 0  # DDPM: 0 sums all T terms of the bound; K > 0 a Monte Carlo estimate from K timesteps
+    # Sample quality of images (FID, KID, IS, precision/recall, class coverage/KL); see dgmrun/metrics/samples.py.
+    # auto: the data's cached classifier (dgmrun task=train_evaluator), else inception if inception_weights is
+    # set, else skipped | classifier | inception | none
     feature_network: str = "auto"
+    # weights-inception-2015-12-05-6726825d.pth (needs pip install "dgmrun[inception]")
     inception_weights: Optional[str] = None
-    reference_split: str = "train"
-    reference_num_samples: int = 0
+    reference_split: str = "train"  # the real images the samples are compared with
+    reference_num_samples: int = 0  # 0: the whole reference split
     kid_subset_size: int = 1000
     kid_num_subsets: int = 100
-    pr_num_samples: int = 10000
-    every_n_epochs: int = 0
+    pr_num_samples: int = 10000  # features per side for precision/recall (k=3)
+    every_n_epochs: int = 0  # > 0: val/fid, val/kid, ... during training, every n epochs
     num_samples_during_training: int = 2000
-    samples: Optional[str] = None
+    samples: Optional[str] = None  # task=eval: score a folder of PNG/JPEG images or an .npz instead of a checkpoint
 
     def check(self) -> None:
         require(self.feature_network in ("auto", "classifier", "inception", "none"),
@@ -101,19 +109,23 @@ class EvalConfig:
 class TrainerConfig:
     """The Trainer keys dgmrun documents; other Lightning keys pass through to Lightning unchecked."""
 
-    max_epochs: Optional[int] = None
-    max_steps: int = -1
-    max_time: Optional[str] = None
+    accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
+    strategy: Any = "auto"
     precision: Any = "32-true"
+    max_epochs: Optional[int] = 50
+    max_steps: int = -1
+    max_time: Optional[str] = None  # DD:HH:MM:SS
     # Lightning reads an int as a number of batches and a float as a fraction of them: both are kept as given.
     limit_train_batches: Optional[Union[int, float]] = None
     limit_val_batches: Optional[Union[int, float]] = None
     limit_test_batches: Optional[Union[int, float]] = None
     check_val_every_n_epoch: Optional[int] = 1
-    log_every_n_steps: Optional[int] = None
+    log_every_n_steps: Optional[int] = 10
     gradient_clip_val: Optional[float] = None
+    deterministic: Any = False
+    enable_progress_bar: bool = True
 
     def check(self) -> None:
         require(self.max_epochs is None or self.max_epochs >= -1, f"trainer.max_epochs must be >= -1, got {self.max_epochs}")
@@ -122,6 +134,25 @@ class TrainerConfig:
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             value = getattr(self, key)
             require(value is None or value >= 0, f"trainer.{key} must be >= 0, got {value}")
+
+
+# --------------------------------------------------------------------------------- declarations
+def register_declarations() -> None:
+    """Make every declaration the base of its config options: ``conf/model/vae.yaml`` starts from
+    ``/schema/model/VAE`` (VAEConfig's defaults), so each default is written once, in its dataclass, and
+    ``--cfg job`` still shows every key. Stored as plain nodes: the types are checked by ``validate``,
+    which words its errors for the user."""
+    store = ConfigStore.instance()
+    declared = {"model": MODEL_SCHEMAS, "data": DATA_SCHEMAS}
+    for group, schemas in declared.items():
+        for target, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=target.rsplit(".", 1)[-1], node=_defaults(schema))
+    for name, schema in (("sample", SampleConfig), ("eval", EvalConfig), ("trainer", TrainerConfig)):
+        store.store(group="schema/run", name=name, node=_defaults(schema))
+
+
+def _defaults(schema: type) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(schema))  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -211,6 +242,37 @@ def _declaration(group: str, node: Any, schemas: dict[str, type], package: str) 
                       f"{', '.join(sorted(t.rsplit('.', 1)[-1] for t in schemas))}")
 
 
+def declared_model(model_cfg: Any, info: DataInfo) -> DictConfig:
+    """``model_cfg`` (a ``_target_`` and some settings) on top of its declaration's defaults, checked, with
+    ``auto`` resolved for data ``info``: what a model of dgmrun's receives, from the command line, a checkpoint
+    or Python (``VAE.build``). A user's own ``_target_`` is returned as given."""
+    node = OmegaConf.create(model_cfg if isinstance(model_cfg, dict) else OmegaConf.to_container(model_cfg, resolve=True))
+    schema = _declaration("model", node, MODEL_SCHEMAS, "dgmrun.models.")
+    if schema is None:
+        return node
+    node = OmegaConf.merge(_defaults(schema), node)
+    checked = _check_node(node, schema, "model")
+    checked.check_data(info)
+    _write_back(node, checked)
+    return node
+
+
+def declared_data(data_cfg: dict[str, Any]) -> DictConfig:
+    """``data_cfg`` (a ``_target_`` and some settings) on top of its declaration's defaults, checked, its root
+    made absolute: what a datamodule of dgmrun's receives (``Digits.build`` from Python). ``binarize`` must
+    be concrete: ``auto`` is the model's choice, known only on the command line."""
+    node = OmegaConf.create(data_cfg)
+    schema = _declaration("data", node, DATA_SCHEMAS, "dgmrun.data.")
+    if schema is None:
+        return node
+    node = OmegaConf.merge(_defaults(schema), node)
+    _check_node(node, schema, "data")
+    require(node.get("binarize") != "auto", "data.binarize=auto is the model's choice: give none, static or dynamic")
+    if node.get("root"):
+        node.root = resolve_path(str(node.root))
+    return node
+
+
 def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optional[DataInfo] = None) -> None:
     """Check types and values of every group, and that the model can take the data.
 
@@ -262,3 +324,6 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     elif cfg.task.name == "sample" or (cfg.task.name == "eval" and not cfg.eval.get("samples")):
         also = " or eval.samples=<folder of PNG/JPEG images or .npz>" if cfg.task.name == "eval" else ""
         raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>{also}")
+
+
+register_declarations()

@@ -56,7 +56,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 @dataclass
 class OptimizerConfig:
     name: str = "adam"  # adam | rmsprop | sgd (plain, no momentum); betas: Adam only
-    lr: float = MISSING
+    lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
 
@@ -100,7 +100,7 @@ class ModelConfig:
 
     _target_: str = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[dict[str, Any]] = None
+    scheduler: Optional[dict[str, Any]] = None  # null | {name: cosine} | {name: step, step_size: 10, gamma: 0.5} | {name: warmup, warmup_steps: 5000}
 
     def check(self) -> None:
         require_finite(self, "model")

@@ -11,22 +11,34 @@ from dgmrun.data.info import DataInfo
 from dgmrun.schema.base import one_of, require, require_finite, require_sizes
 
 BINARIZE = ("auto", "none", "static", "dynamic")  # auto: the model decides (ModelConfig.binarize_auto)
+# What each image dataset gives, by data.name: (shape, classes, grey levels of the raw images). The
+# datamodules describe what they read from this table.
+IMAGE_DATASETS = {
+    "mnist": ((1, 28, 28), 10, 256), "fashion_mnist": ((1, 28, 28), 10, 256), "kmnist": ((1, 28, 28), 10, 256),
+    "cifar10": ((3, 32, 32), 10, 256), "digits": ((1, 8, 8), 10, 17),
+}
+MNIST_NAMES = ("mnist", "fashion_mnist", "kmnist")
+# The toy2d shapes (dgmrun.data.readers.sample_toy2d) and their default Gaussian std (the components' for mixtures).
+TOY2D_NOISE = {"8gaussians": 0.02, "25gaussians": 0.05, "swissroll": 0.1, "moons": 0.05, "rings": 0.05}
+TOY2D_MODES = {"8gaussians": 8, "25gaussians": 25}  # mixture components; the other shapes are not mixtures
+# Training-set sizes, so that one epoch count fits every shape: the default 50 epochs of batch 256 are 12,000
+# batches (~90 s for the GAN), and 28,800 for the 5x5 grid, whose 25 tight modes a GAN needs longer to find.
+TOY2D_NUM_TRAIN = {"25gaussians": 147_456}
+TOY2D_DEFAULT_NUM_TRAIN = 61_440
 
 
 @dataclass
 class DataConfig:
     _target_: str = MISSING
     name: str = MISSING
-    batch_size: int = MISSING
+    batch_size: int = 128
     eval_batch_size: int = 500
-    seed: int = 0
-    val_fraction: float = 0.1
+    seed: int = 0  # the options set ${seed}: the run seed
 
     def check(self) -> None:
         require_finite(self, "data")
         require_sizes("data.batch_size", self.batch_size)
         require_sizes("data.eval_batch_size", self.eval_batch_size)
-        require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
     def info(self) -> DataInfo:
         """What the data will look like, known from the config alone (no files read)."""
@@ -35,28 +47,45 @@ class DataConfig:
 
 @dataclass
 class ImageDataConfig(DataConfig):
-    root: str = MISSING
-    binarize: str = "none"
+    val_fraction: float = 0.1  # carved from the training part with the run seed
+    binarize: str = "auto"  # auto (the model's choice: none for GANs, GMMN, DDPM; else dynamic) | none | static | dynamic
 
     def check(self) -> None:
         super().check()
+        require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         one_of("data.binarize", self.binarize, BINARIZE)
 
-    # (shape, num_classes, levels) of the raw images, per dataset name
-    KNOWN = {
-        "mnist": ((1, 28, 28), 10, 256), "fashion_mnist": ((1, 28, 28), 10, 256), "kmnist": ((1, 28, 28), 10, 256),
-        "cifar10": ((3, 32, 32), 10, 256), "digits": ((1, 8, 8), 10, 17),
-    }
-
     def info(self) -> DataInfo:
-        shape, num_classes, levels = self.KNOWN[self.name]
+        shape, num_classes, levels = IMAGE_DATASETS[self.name]
         return DataInfo(self.name, shape, num_classes, 2 if self.binarize != "none" else levels)
 
 
 @dataclass
+class FileImageDataConfig(ImageDataConfig):
+    root: str = MISSING  # the folder of the dataset's files
+
+
+@dataclass
+class MNISTLikeConfig(FileImageDataConfig):
+    def check(self) -> None:
+        super().check()
+        one_of("data.name", self.name, MNIST_NAMES)
+
+
+@dataclass
+class CIFAR10Config(FileImageDataConfig):
+    name: str = "cifar10"
+    binarize: str = "none"  # the 8-bit colours (auto would binarize them for the VAE family)
+
+    def check(self) -> None:
+        super().check()
+        one_of("data.name", self.name, ("cifar10",))
+
+
+@dataclass
 class DigitsConfig(ImageDataConfig):
-    root: str = ""
-    test_fraction: float = 0.2
+    name: str = "digits"
+    test_fraction: float = 0.2  # the same test images for every run seed
 
     def check(self) -> None:
         super().check()
@@ -71,11 +100,13 @@ MAX_IMAGE_SIZE = 4096  # a batch of 128 RGB images of 4096 x 4096 px is 6 GiB al
 
 @dataclass
 class ImageFolderConfig(DigitsConfig):
-    root: str = MISSING
-    image_size: int = 64
-    channels: int = 3
-    num_workers: int = 2
+    name: str = "image_folder"  # names the evaluator cached for these images (task=train_evaluator)
+    root: str = MISSING  # PNG/JPEG files under it, recursively
+    image_size: int = 64  # resized and centre-cropped to image_size x image_size
+    channels: int = 3  # 1: grey, 3: RGB
+    num_workers: int = 2  # DataLoader workers decoding the files
     test_fraction: float = 0.1
+    binarize: str = "none"
 
     def check(self) -> None:
         super().check()
@@ -89,16 +120,18 @@ class ImageFolderConfig(DigitsConfig):
         return DataInfo(self.name, shape, 0, 2 if self.binarize != "none" else 256)
 
 
-TOY2D_SHAPES = ("8gaussians", "25gaussians", "swissroll", "moons", "rings")
+TOY2D_SHAPES = tuple(TOY2D_NOISE)
 
 
 @dataclass
 class Toy2DConfig(DataConfig):
-    shape: str = "8gaussians"
-    num_train: Optional[int] = None  # None: the shape's default (readers.TOY2D_NUM_TRAIN)
+    name: str = "toy2d"
+    batch_size: int = 256
+    shape: str = "8gaussians"  # 8gaussians | 25gaussians | swissroll | moons | rings
+    num_train: Optional[int] = None  # null: the shape's (TOY2D_NUM_TRAIN: 147456 for 25gaussians, else 61440)
     num_val: int = 2500
     num_test: int = 2500
-    noise: Optional[float] = None
+    noise: Optional[float] = None  # null: the shape's default std (TOY2D_NOISE: 8gaussians 0.02, 25gaussians 0.05)
 
     def check(self) -> None:
         super().check()
@@ -107,16 +140,19 @@ class Toy2DConfig(DataConfig):
             value = getattr(self, key)
             require(value is None or value > 0, f"data.{key} must be > 0, got {value}")
         require(self.noise is None or self.noise >= 0, f"data.noise must be >= 0, got {self.noise}")
+        if self.num_train is None:
+            self.num_train = TOY2D_NUM_TRAIN.get(self.shape, TOY2D_DEFAULT_NUM_TRAIN)
+        if self.noise is None:
+            self.noise = TOY2D_NOISE[self.shape]
 
     def info(self) -> DataInfo:
-        components = {"8gaussians": 8, "25gaussians": 25}.get(self.shape, 0)
-        return DataInfo("toy2d", (2,), components, None)
+        return DataInfo(self.name, (2,), TOY2D_MODES.get(self.shape, 0), None)
 
 
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "dgmrun.data.datamodule.Digits": DigitsConfig,
-    "dgmrun.data.datamodule.MNISTLike": ImageDataConfig,
-    "dgmrun.data.datamodule.CIFAR10": ImageDataConfig,
+    "dgmrun.data.datamodule.MNISTLike": MNISTLikeConfig,
+    "dgmrun.data.datamodule.CIFAR10": CIFAR10Config,
     "dgmrun.data.datamodule.ImageFolder": ImageFolderConfig,
     "dgmrun.data.datamodule.Toy2D": Toy2DConfig,
 }

@@ -6,26 +6,38 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import ModelConfig, one_of, require
+from dgmrun.schema.base import ModelConfig, OptimizerConfig, one_of, require
+
+
+def auto_channel_mult(side: int) -> list[int]:
+    """Multipliers for an image side: one level per halving that keeps an even side of >= 4 px, at most
+    three halvings (8 px -> [1, 2]; 28 px -> [1, 2, 2]; 32 px -> [1, 2, 2, 2], the paper's CIFAR-10 layout)."""
+    halvings = 0
+    while halvings < 3 and side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+        halvings += 1
+    return [1] + [2] * halvings
 
 
 @dataclass
 class DDPMConfig(ModelConfig):
     binarize_auto = "none"  # the grey levels: the decoder of the bound is discretized over them
 
-    num_timesteps: int = 1000
-    schedule: str = "linear"
-    prediction: str = "eps"
-    sigma: str = "posterior"
-    base_channels: int = 64
+    num_timesteps: int = 1000  # T
+    schedule: str = "linear"  # linear (1e-4 to 0.02, Ho et al.) | cosine (Nichol & Dhariwal 2021)
+    prediction: str = "eps"  # eps (L_simple) | x0 | v (Salimans & Ho 2022)
+    sigma: str = "posterior"  # reverse-step variance: posterior (beta~_t) | beta (beta_t)
+    base_channels: int = 64  # U-Net width at full resolution
+    # per resolution; null: from the image side (auto_channel_mult: 8 px [1, 2]; 28 [1, 2, 2]; 32 [1, 2, 2, 2])
     channel_mult: Optional[list[int]] = None
-    num_res_blocks: int = 2
-    attention_resolutions: list[int] = field(default_factory=lambda: [16])
+    num_res_blocks: int = 2  # residual blocks per resolution
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])  # self-attention at these sides (px)
     dropout: float = 0.1
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
-    conditional: bool = False
-    p_uncond: float = 0.1
-    ema_decay: Optional[float] = 0.9999
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])  # points (toy2d): the MLP denoiser
+    conditional: bool = False  # class-conditional, with classifier-free guidance (sample.guidance)
+    p_uncond: float = 0.1  # conditional: share of training labels dropped to "no class"
+    ema_decay: Optional[float] = 0.9999  # EMA of the weights for sampling and evaluation (null: none)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-4))
 
     def check(self) -> None:
         super().check()
@@ -47,7 +59,9 @@ class DDPMConfig(ModelConfig):
     def check_data(self, info: DataInfo) -> None:
         if self.conditional:
             require(info.num_classes > 0, f"model.conditional=true needs labelled data; {info.name} has no classes")
-        if info.is_image and self.channel_mult is not None:
+        if info.is_image and self.channel_mult is None:
+            self.channel_mult = auto_channel_mult(info.shape[-1])
+        if info.is_image:
             side, halvings = info.shape[-1], len(self.channel_mult) - 1
             require(side % (2 ** halvings) == 0,
                     f"model.channel_mult={list(self.channel_mult)} halves the image {halvings} times, but its side "

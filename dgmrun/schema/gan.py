@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from dgmrun.data.info import DataInfo
 from dgmrun.schema.base import (
@@ -38,25 +38,29 @@ class GANConfig(ModelConfig):
     binarize_auto = "none"
 
     optimizer: Optional[OptimizerConfig] = None  # unused: a GAN has one optimizer per player
-    loss: str = "ns"
+    loss: str = "ns"  # minimax | ns (non-saturating) | wgan (weight clipping) | wgan_gp | lsgan | hinge
     latent_dim: int = 16
-    noise: str = "normal"
-    arch: str = "auto"
-    g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+    noise: str = "normal"  # z ~ N(0, I) | uniform: z ~ U(-1, 1) per coordinate (the DCGAN and InfoGAN papers)
+    arch: str = "auto"  # auto (dcgan for images >= 16 px, else mlp) | mlp | dcgan
+    g_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])  # mlp generator widths
+    # mlp discriminator widths (3x128 found 20/25 grid modes for seed 2, 3x256 all 25)
     d_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
-    g_channels: list[int] = field(default_factory=lambda: [64, 128])
-    d_channels: list[int] = field(default_factory=lambda: [64, 128])
+    g_channels: list[int] = field(default_factory=lambda: [64, 128])  # dcgan generator: the two stride-2 stages
+    d_channels: list[int] = field(default_factory=lambda: [64, 128])  # dcgan discriminator: the two stride-2 stages
+    # dcgan players only: width of a fully connected layer after G's input and before D's output (InfoGAN's: 1024)
     fc_dim: Optional[int] = None
-    d_batch_norm: bool = False
-    n_critic: int = 1
-    clip: float = 0.01
-    gp_weight: float = 10.0
-    spectral_norm: bool = False
-    minibatch_std: bool = True
-    pack: int = 2
-    ema_decay: Optional[float] = 0.99
+    d_batch_norm: bool = False  # dcgan players only: batch norm in D's second stage and FC layer (not with wgan_gp)
+    n_critic: int = 1  # D updates per G update
+    clip: float = 0.01  # wgan: D weights clipped to [-clip, clip]
+    gp_weight: float = 10.0  # wgan_gp: weight of the gradient penalty
+    spectral_norm: bool = False  # spectral normalisation of every D layer
+    minibatch_std: bool = True  # minibatch-stddev feature before D's last layer
+    pack: int = 2  # PacGAN: D judges this many samples at once (1: plain GAN)
+    ema_decay: Optional[float] = 0.99  # EMA of G's weights used for sampling/evaluation (null: off)
     optimizer_g: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
     optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(1e-3))
+    # both players: decayed to 0 over the run
+    scheduler: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "cosine"})
 
     def check(self) -> None:
         require_finite(self, "model")
@@ -108,7 +112,7 @@ def _needs_classes(name: str, info: DataInfo) -> None:
 
 @dataclass
 class CGANConfig(GANConfig):
-    conditioning: str = "projection"
+    conditioning: str = "projection"  # projection (Miyato & Koyama 2018) | concat (one-hot appended to D's input)
 
     def check(self) -> None:
         super().check()
@@ -121,7 +125,7 @@ class CGANConfig(GANConfig):
 
 @dataclass
 class ACGANConfig(GANConfig):
-    aux_weight: float = 1.0
+    aux_weight: float = 1.0  # weight of the auxiliary classification loss for both players
 
     def check(self) -> None:
         super().check()
@@ -142,12 +146,12 @@ GMMN_SPACES = ("pixels", "code")
 class GMMNConfig(ModelConfig):
     binarize_auto = "none"
 
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3))
     latent_dim: int = 16
-    hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])
-    space: str = "pixels"
-    code_dim: int = 8
-    ae_hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 128, 128])  # generator widths (MLP)
+    space: str = "pixels"  # pixels: match the data's moments | code: match an autoencoder's codes (GMMN+AE)
+    code_dim: int = 8  # space=code: autoencoder code size
+    ae_hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # space=code: autoencoder widths
+    # RBF bandwidths; null: median pairwise distance of the batch x [1/4, 1/2, 1, 2, 4]
     bandwidths: Optional[list[float]] = None
 
     def check(self) -> None:
@@ -166,10 +170,21 @@ SCHEMAS["dgmrun.models.gmmn.GMMN"] = GMMNConfig
 
 @dataclass
 class InfoGANConfig(GANConfig):
-    num_categorical: int = 1
-    categorical_dim: int = 10
-    continuous_dim: int = 2
-    info_weight: float = 1.0
+    """The paper's MNIST recipe (appendix C.1): 62 noise dimensions ~ U(-1, 1), FC-1024 layers in G and D,
+    batch norm in D and Q, D at 2e-4 and G at 1e-3, constant rates, no packing, no minibatch stddev."""
+
+    num_categorical: int = 1  # categorical codes
+    categorical_dim: int = 10  # values of each categorical code
+    continuous_dim: int = 2  # continuous codes ~ U(-1, 1)
+    info_weight: float = 1.0  # weight of the mutual-information lower bound (lambda)
+    latent_dim: int = 62
+    noise: str = "uniform"
+    fc_dim: Optional[int] = 1024
+    d_batch_norm: bool = True
+    pack: int = 1
+    minibatch_std: bool = False
+    scheduler: Optional[dict[str, Any]] = None
+    optimizer_d: OptimizerConfig = field(default_factory=lambda: _adam(2e-4))
 
     def check(self) -> None:
         super().check()
@@ -184,10 +199,12 @@ class InfoGANConfig(GANConfig):
 
 @dataclass
 class EBGANConfig(GANConfig):
-    pack: int = 1
+    pack: int = 1  # EBGAN's discriminator reconstructs single samples
+    # m: D pushes the energy (MSE per pixel in [-1, 1]) of generated samples up to m; at 1.0 the fakes sat
+    # above it from the start on mnist-small, D stopped judging them, G collapsed
     margin: float = 0.3
-    pt_weight: float = 0.1
-    code_dim: int = 32
+    pt_weight: float = 0.1  # pull-away term weight on G's codes (0: off)
+    code_dim: int = 32  # the autoencoder's code size
 
     def check(self) -> None:
         super().check()
@@ -200,7 +217,7 @@ class EBGANConfig(GANConfig):
 
 @dataclass
 class BiGANConfig(GANConfig):
-    e_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+    e_hidden_dims: list[int] = field(default_factory=lambda: [64, 64, 64])  # mlp encoder (dcgan: strided convs)
 
     def check(self) -> None:
         super().check()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from dgmrun.data.info import DataInfo
-from dgmrun.schema.base import MAX_SIZE, ModelConfig, one_of, require, require_sizes
+from dgmrun.schema.base import MAX_SIZE, ModelConfig, OptimizerConfig, one_of, require, require_sizes
 from dgmrun.schema.vae import VAEConfig
 
 
@@ -18,7 +18,7 @@ def require_binary(model: str, info: DataInfo) -> None:
 
 @dataclass
 class IWAEConfig(VAEConfig):
-    k: int = 5
+    k: int = 5  # importance samples per example in the training bound (cost grows ~linearly)
 
     def check(self) -> None:
         super().check()
@@ -28,7 +28,7 @@ class IWAEConfig(VAEConfig):
 
 @dataclass
 class NADEConfig(ModelConfig):
-    hidden_dim: int = 500
+    hidden_dim: int = 500  # H; cost O(H D) per example
 
     def check(self) -> None:
         super().check()
@@ -42,9 +42,10 @@ class NADEConfig(ModelConfig):
 class MaskedStackConfig(ModelConfig):
     """The masked-convolution stack (``nets/masked.py``) shared by PixelCNN and the VQ-VAE prior."""
 
-    channels: int = 64
+    channels: int = 64  # feature maps per layer
+    # plain PixelCNN: one 7x7 type-A conv then num_layers-1 residual type-B convs; gated: gated layers
     num_layers: int = 6
-    kernel_size: int = 5
+    kernel_size: int = 5  # odd; the plain first layer uses max(7, kernel_size)
 
     def check(self) -> None:
         super().check()
@@ -56,8 +57,8 @@ class MaskedStackConfig(ModelConfig):
 
 @dataclass
 class PixelCNNConfig(MaskedStackConfig):
-    gated: bool = False
-    conditional: bool = False
+    gated: bool = False  # gated vertical + horizontal stacks, without the blind spot
+    conditional: bool = False  # p(x | class): a label-embedding bias in every layer; needs labelled data
 
     def check_data(self, info: DataInfo) -> None:
         require(info.is_image, f"model pixelcnn needs images, but data {info.name} gives points")
@@ -74,14 +75,16 @@ class PixelCNNConfig(MaskedStackConfig):
 
 @dataclass
 class RBMConfig(ModelConfig):
-    manual_optimization = True
+    manual_optimization = True  # the CD gradient is set in closed form (``RBM.cd_gradients``)
 
     hidden_dim: int = 500
-    visible: str = "auto"
-    cd_k: int = 1
-    persistent: bool = False
-    num_chains: int = 100
-    sample_gibbs_steps: int = 1000
+    visible: str = "auto"  # auto (bernoulli for binary data, else gaussian) | bernoulli | gaussian
+    cd_k: int = 1  # Gibbs steps per update
+    persistent: bool = False  # true: persistent CD (chains continue across updates)
+    num_chains: int = 100  # persistent chains (the negative phase's sample size)
+    sample_gibbs_steps: int = 1000  # Gibbs steps from noise for task=sample and the sample grids
+    # plain SGD (momentum-free), as in the lectures' CD update; optimizer.name=adam also works
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", lr=0.05))
 
     def check(self) -> None:
         super().check()
@@ -104,11 +107,11 @@ def resolve_rbm_visible(visible: str, info: DataInfo) -> str:
 
 @dataclass
 class VQVAEConfig(ModelConfig):
-    num_codes: int = 64
-    code_dim: int = 16
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    commitment: float = 0.25
-    ema_decay: float = 0.99
+    num_codes: int = 64  # K
+    code_dim: int = 16  # D of each code vector
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # the two stride-2 stages of encoder and decoder
+    commitment: float = 0.25  # beta of the commitment term
+    ema_decay: float = 0.99  # gamma of the EMA codebook updates
     restart_dead_codes: bool = True
 
     def check(self) -> None:
@@ -128,7 +131,7 @@ class VQVAEConfig(ModelConfig):
 
 @dataclass
 class VQVAEPriorConfig(MaskedStackConfig):
-    vqvae_ckpt: str = MISSING
+    vqvae_ckpt: str = MISSING  # the VQ-VAE's .ckpt or run dir
     kernel_size: int = 3
 
     def check(self) -> None:

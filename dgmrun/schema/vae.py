@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import MISSING
-
 from dgmrun.data.info import DataInfo
 from dgmrun.schema.base import ModelConfig, one_of, require, require_sizes, resolve_conv_arch
 
@@ -32,14 +30,15 @@ def resolve_vae_choices(arch: str, likelihood: str, info: DataInfo) -> tuple[str
 
 @dataclass
 class VAEConfig(ModelConfig):
-    latent_dim: int = MISSING
-    arch: str = "auto"
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
-    channels: list[int] = field(default_factory=lambda: [32, 64])
+    latent_dim: int = 16
+    arch: str = "auto"  # auto (conv for images >= 16 px, else mlp) | mlp | conv
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])  # mlp: widths of the hidden layers
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: channels of the two stride-2 stages
+    # auto: bernoulli for binary data, discretized_logistic for 8-bit-like, gaussian for points
     likelihood: str = "auto"
-    learn_variance: bool = True
-    beta: float = 1.0
-    kl_warmup_steps: int = 0
+    learn_variance: bool = True  # gaussian likelihood: learned per-dimension variance (false: fixed at 1)
+    beta: float = 1.0  # weight of the KL term (beta-VAE for beta > 1)
+    kl_warmup_steps: int = 0  # linear KL annealing from 0 to beta over this many steps (posterior-collapse remedy)
 
     def check(self) -> None:
         super().check()

@@ -194,10 +194,11 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = 
 
 def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: DictConfig, results: list[dict[str, Any]],
                  scorer: Any = None) -> dict[str, Any]:
-    """What ``trainer.test`` returned, the estimator behind ``test/nll``, and (on rank 0) the sample metrics."""
+    """What ``trainer.test`` returned, what ``test/nll`` is (its kind: exact, bound or estimate, and its
+    estimator), and (on rank 0) the sample metrics."""
     metrics: dict[str, Any] = dict(results[0]) if results else {}
     if "test/nll" in metrics:
-        metrics["test/nll_estimator"] = model.nll_estimator
+        metrics["test/nll_kind"], metrics["test/nll_estimator"] = model.likelihood_kind, model.nll_estimator
     if trainer.is_global_zero:
         metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg, scorer=scorer))
     return metrics

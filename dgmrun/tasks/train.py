@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, Throughput
-from dgmrun.checkpoint import build_model
+from dgmrun.models.base import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
 from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_trainer, name_logger_run,
