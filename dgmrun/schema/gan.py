@@ -23,11 +23,6 @@ GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
 GAN_NOISES = ("normal", "uniform")
 
 
-def resolve_gan_arch(arch: str, info: DataInfo) -> str:
-    """``auto``: DCGAN for images with sides >= 16 px, else MLP. Shared by the config check and the models."""
-    return resolve_conv_arch(arch, "dcgan", info)
-
-
 def _adam(lr: float) -> OptimizerConfig:
     return OptimizerConfig(lr=lr, betas=[0.5, 0.999])
 
@@ -90,7 +85,7 @@ class GANConfig(ModelConfig):
                  f"model.ema_decay must be in [0, 1) or null, got {self.ema_decay}")
 
     def check_data(self, info: DataInfo) -> None:
-        self.arch = resolve_gan_arch(self.arch, info)
+        self.arch = resolve_conv_arch(self.arch, "dcgan", info)  # auto: DCGAN for images of >= 16 px, else MLP
 
     def check_batch_size(self, batch_size: int) -> None:
         # (a training step uses whole packs only: batches of fewer samples than a pack would train nothing)

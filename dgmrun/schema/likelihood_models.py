@@ -95,14 +95,10 @@ class RBMConfig(ModelConfig):
         require(self.sample_gibbs_steps >= 1, f"model.sample_gibbs_steps must be >= 1, got {self.sample_gibbs_steps}")
 
     def check_data(self, info: DataInfo) -> None:
-        self.visible = resolve_rbm_visible(self.visible, info)
+        if self.visible == "auto":  # Bernoulli visibles for binary data, Gaussian ones otherwise
+            self.visible = "bernoulli" if info.is_binary else "gaussian"
         if self.visible == "bernoulli":
             require_binary("rbm (model.visible=bernoulli)", info)
-
-
-def resolve_rbm_visible(visible: str, info: DataInfo) -> str:
-    """``auto``: Bernoulli visibles for binary data, Gaussian ones otherwise. Shared by the config check and the RBM."""
-    return ("bernoulli" if info.is_binary else "gaussian") if visible == "auto" else visible
 
 
 @dataclass

@@ -12,10 +12,7 @@ VAE_LIKELIHOODS = ("auto", "bernoulli", "discretized_logistic", "gaussian")
 
 
 def resolve_vae_choices(arch: str, likelihood: str, info: DataInfo) -> tuple[str, str]:
-    """Turn ``auto`` into a concrete network and likelihood for this data; refuse impossible pairs.
-
-    Shared by the config check (before torch is imported) and the VAE itself (``dgmrun.load``).
-    """
+    """Turn ``auto`` into a concrete network and likelihood for this data; refuse impossible pairs."""
     arch = resolve_conv_arch(arch, "conv", info)
     if likelihood == "auto":
         likelihood = "bernoulli" if info.is_binary else "gaussian" if info.levels is None else "discretized_logistic"
