@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
-from dgmrun.io import atomic_open
+from dgmrun.files import atomic_open
 from dgmrun.models.base import GenerativeModel, build_model
 from dgmrun.schema import resolve_ckpt_path
 

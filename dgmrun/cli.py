@@ -27,6 +27,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from dgmrun import signals
 from dgmrun.errors import DgmrunError
+from dgmrun.report import REPORT_FILES, is_refused_job
 from dgmrun.schema import validate
 
 
@@ -51,19 +52,20 @@ def _hydra_main(cfg: DictConfig) -> Any:
     _report_task_errors_as_hydra_does()
     try:
         validate(cfg)
-        task = get_method(cfg.task._target_)  # imports torch: the config is valid
-        from dgmrun.tasks.common import check_accelerator
-
         check_accelerator(cfg)
+        task = get_method(cfg.task._target_)  # imports torch (but task=report): the config is valid
         return task(cfg)
     except (DgmrunError, InstantiationException) as error:
         bad_input = error if isinstance(error, DgmrunError) else error.__cause__
         if not isinstance(bad_input, DgmrunError):
             raise  # a bug while building an object, not bad input: Hydra reports it as usual
         print(f"dgmrun: error: {bad_input}", file=sys.stderr)
-        if not remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir)):
-            _log_to_run_file(f"dgmrun: error: {bad_input}")  # found once the run had started: kept with its log
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        # A sweep's job dir stays, for its report to show the refusal (a sweep of refusals only is removed
+        # by main()); one run's dir stays when the error was found once the run had started.
+        if multirun or not remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir)):
+            _log_to_run_file(f"dgmrun: error: {bad_input}")
+        if multirun:
             # The sweeper records this job as failed, runs the rest of its batch, then re-raises: to main().
             os.environ[FULL_ERROR] = "1"
             raise bad_input from None
@@ -74,6 +76,18 @@ def _hydra_main(cfg: DictConfig) -> Any:
         sys.exit(1)  # in a sweep too: the next jobs would meet the same disk
     except signals.Stopped as stop:  # SIGTERM or Ctrl-C: ends a sweep too (see dgmrun.signals)
         _exit_stopped(stop, _resume_hint(cfg))
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse a GPU run on a machine without one, before anything is built or written (torch is imported
+    only to ask)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DgmrunError(f"trainer.accelerator={accelerator}: no GPU is visible to torch on this machine "
+                              "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default")
 
 
 def _log_to_run_file(message: str) -> None:
@@ -164,8 +178,8 @@ def _given(key: str) -> bool:
 
 def remove_if_only_hydra_files(run_dir: Path) -> bool:
     """Remove a run (or sweep) dir that holds nothing but what Hydra wrote before the task ran
-    (``.hydra/``, an empty log, ``multirun.yaml``), and its parents left empty below the working directory.
-    Returns whether the dir is gone."""
+    (``.hydra/``, an empty log, ``multirun.yaml``; in a sweep dir also the job dirs of refused jobs and
+    their report), and its parents left empty below the working directory. Returns whether the dir is gone."""
     cwd = Path.cwd()
     if not run_dir.is_dir():
         return True
@@ -174,7 +188,8 @@ def remove_if_only_hydra_files(run_dir: Path) -> bool:
     for entry in run_dir.iterdir():
         hydra_files = entry.name == ".hydra" and entry.is_dir() and all(f.is_file() for f in entry.iterdir())
         empty_log = entry.suffix == ".log" and entry.is_file() and entry.stat().st_size == 0
-        if not (hydra_files or empty_log or entry.name == "multirun.yaml" and entry.is_file()):
+        sweep_files = entry.name in ("multirun.yaml", *REPORT_FILES) or entry.is_dir() and is_refused_job(entry)
+        if not (hydra_files or empty_log or sweep_files):
             return False
     shutil.rmtree(run_dir)
     _remove_empty_parents(run_dir)
@@ -236,6 +251,11 @@ def main() -> None:
         _hydra_main()
     except HydraException as error:  # bad overrides, or the first refused job of a sweep (a DgmrunError)
         print(f"dgmrun: error: {user_error(error)}", file=sys.stderr)
+        sys.exit(1)
+    except ValueError as error:
+        if not str(error).startswith("Only one of --run, --multirun"):  # Hydra's word on its flags
+            raise
+        print(f"dgmrun: error: {error} (print a sweep's first job with `dgmrun --cfg job` without -m)", file=sys.stderr)
         sys.exit(1)
     except signals.Stopped as stop:  # while Hydra starts up or winds down
         _exit_stopped(stop)

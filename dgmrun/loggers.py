@@ -73,13 +73,18 @@ def run_name_from_overrides() -> str | None:
     return HydraConfig.get().job.override_dirname or "defaults"
 
 
-def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto",
-                 id: str | None = None) -> Any:
-    """A Lightning WandbLogger; ``mode=auto`` runs online when logged in, else offline. ``id``: the wandb
-    run, continued if it exists (a resumed run passes the id its first part ran under)."""
-    from lightning.pytorch.loggers import WandbLogger
+def sweep_group() -> str | None:
+    """The wandb group of a multirun's jobs: its sweep dir (None for a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
+
+
+def wandb_mode(mode: str, save_dir: str) -> str:
+    """``auto``: online when logged in, else offline (saying how to upload later)."""
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_api_key() else "offline")
         if mode == "offline":
@@ -87,8 +92,35 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, name: s
                         "`wandb sync %s/wandb/offline-run-*`", save_dir)
     if mode == "online":
         check_wandb_login()
+    return mode
+
+
+def wandb_logger(project: str, save_dir: str, job_type: str, entity: str | None = None, name: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto",
+                 id: str | None = None) -> Any:
+    """A Lightning WandbLogger; ``mode=auto`` runs online when logged in, else offline. ``id``: the wandb
+    run, continued if it exists (a resumed run passes the id its first part ran under). The jobs of a
+    multirun share a ``group`` (default: the sweep dir), so that the dashboard compares them."""
+    from lightning.pytorch.loggers import WandbLogger
+
     return WandbLogger(project=project, save_dir=save_dir, entity=entity, name=name or run_name_from_overrides(),
-                       group=group, tags=list(tags or []), mode=mode, id=id, resume="allow" if id else None)
+                       group=group or sweep_group(), job_type=job_type, tags=list(tags or []),
+                       mode=wandb_mode(mode, save_dir), id=id, resume="allow" if id else None)
+
+
+def log_report_to_wandb(logger_cfg: dict[str, Any], sweep_dir: str, header: list[str], rows: list[list[Any]]) -> None:
+    """The sweep report's table as a wandb Table, in a run of job_type ``report`` in the sweep's group."""
+    import wandb
+
+    mode = wandb_mode(str(logger_cfg.get("mode", "auto")), sweep_dir)
+    run = wandb.init(project=logger_cfg.get("project"), entity=logger_cfg.get("entity"), dir=sweep_dir, mode=mode,
+                     group=logger_cfg.get("group") or sweep_dir, job_type="report", tags=list(logger_cfg.get("tags") or []),
+                     name=f"report {sweep_dir}", reinit=True)
+    try:
+        table = [[v if isinstance(v, (int, float)) or v is None else str(v) for v in row] for row in rows]
+        run.log({"sweep_report": wandb.Table(columns=list(header), data=table)})
+    finally:
+        run.finish()
 
 
 def continue_logs(logger: Any) -> None:

@@ -125,7 +125,7 @@ def test_dgmrun_error_inside_a_target_is_shown_as_is(tmp_path):
     assert_no_run_dir(tmp_path)
 
 
-@pytest.mark.parametrize("args", [["-m", "data.batch_size=0,-1"], ["-m", "model.latnt_dim=3,4"]])
+@pytest.mark.parametrize("args", [["-m", "data.batch_size=0,-1"], ["-m", "model.latnt_dim=3,4"], ["-m", "--cfg", "job"]])
 def test_refused_sweep_leaves_no_sweep_dir(tmp_path, args):
     out = run_dgmrun(*args, cwd=tmp_path, timeout=60)
     lines = out.stderr.strip().splitlines()

@@ -237,3 +237,18 @@ def test_constructors_have_no_defaults_of_their_own():
         parameters = inspect.signature(get_class(target).__init__).parameters.values()
         with_defaults = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
         assert not with_defaults, (target, with_defaults)
+
+
+def test_the_tasks_of_one_slurm_step_share_a_run_dir(monkeypatch):
+    """``srun dgmrun ...`` with several tasks starts the command once per rank, seconds apart: one run dir."""
+    import re
+
+    from dgmrun.schema import run_stamp
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", run_stamp())
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: dgmrun run twice in one allocation needs two dirs
+    assert run_stamp() != "slurm-77.3"
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert run_stamp() == "slurm-77.3"

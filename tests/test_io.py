@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dgmrun.checkpoint import AtomicCheckpointIO
-from dgmrun.io import atomic_open, image_grid, picture, save_samples_npz
+from dgmrun.files import atomic_open
+from dgmrun.io import image_grid, picture, save_samples_npz
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

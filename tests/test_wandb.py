@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,32 @@ def test_a_broken_wandb_setup_falls_back_to_csv_and_training_goes_on(tmp_path):
     assert "continuing with CSV only" in out.stdout + out.stderr
     assert (tmp_path / "w" / "csv" / "metrics.csv").is_file()
     assert "test/nll" in json.loads((tmp_path / "w" / "metrics.json").read_text())
+
+
+def _run_records(run_file: Path) -> tuple[Any, set[str]]:
+    """The run record and the keys logged (nested ones joined by /) of a ``.wandb`` file."""
+    from wandb.proto import wandb_internal_pb2
+
+    run, keys = None, set()
+    for raw in read_wandb_records(run_file):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+        elif kind == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return run, keys
+
+
+def test_the_jobs_of_a_sweep_share_a_group_and_the_report_is_a_table(tmp_path):
+    out = run_dgmrun("-m", "logger=wandb", "logger.tags=[mine]", "trainer=debug", "model.latent_dim=2,4",
+                     "eval.num_importance_samples=5", "hydra.sweep.dir=sweep", cwd=tmp_path, env=NO_CREDENTIALS)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):
+        (run_file,) = (tmp_path / "sweep" / job / "wandb").glob("offline-run-*/run-*.wandb")
+        run, _ = _run_records(run_file)
+        assert (run.run_group, run.job_type, list(run.tags)) == ("sweep", "train", ["mine"])
+    (report_file,) = (tmp_path / "sweep" / "wandb").glob("offline-run-*/run-*.wandb")
+    run, keys = _run_records(report_file)
+    assert (run.run_group, run.job_type) == ("sweep", "report") and "sweep_report/nrows" in keys

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from dgmrun.data.datamodule import EVAL_SEED, bernoulli, derive_seed
 from dgmrun.errors import DgmrunError
-from dgmrun.io import atomic_open, sample_in_batches
+from dgmrun.files import atomic_open
+from dgmrun.io import sample_in_batches
 from dgmrun.metrics.features import (
     FeatureNetwork,
     check_inception,

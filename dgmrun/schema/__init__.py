@@ -10,6 +10,7 @@ without is refused), while a user's own ``_target_`` is passed through unchecked
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union, get_type_hints
@@ -151,6 +152,16 @@ def register_declarations() -> None:
         store.store(group="schema/run", name=name, node=_defaults(schema))
 
 
+def run_stamp() -> str:
+    """The run dir's name (conf/hydra/default.yaml): DATE/TIME; for a command that SLURM starts as several
+    tasks (``srun dgmrun ...``, one per rank), the job and step ids, the same for every task (each starts
+    the command itself, seconds apart) and for the job requeued after a preemption."""
+    job, step, tasks = (os.environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"))
+    if job and step and int(tasks or 1) > 1:
+        return f"slurm-{job}.{step}"
+    return time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
 def _defaults(schema: type) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(schema))  # type: ignore[return-value]
 
@@ -284,6 +295,8 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     # user's seed=..., not data.seed.
     require(isinstance(cfg.seed, int), f"seed={cfg.seed!r} has the wrong type: expected int")
     require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (numpy's range), got {cfg.seed}")
+    require(isinstance(cfg.get("optimized_metric"), str), f"optimized_metric must be a metric's name (val/loss, "
+            f"test/nll, ...), got {cfg.get('optimized_metric')!r}")
     model_schema = _declaration("model", cfg.model, MODEL_SCHEMAS, "dgmrun.models.")
     data_schema = _declaration("data", cfg.data, DATA_SCHEMAS, "dgmrun.data.")
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
@@ -327,3 +340,4 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
 
 
 register_declarations()
+OmegaConf.register_new_resolver("dgmrun.run_stamp", run_stamp, use_cache=True, replace=True)

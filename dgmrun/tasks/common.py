@@ -26,11 +26,16 @@ import dgmrun
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
-from dgmrun.io import atomic_open, write_json
+from dgmrun.files import atomic_open, write_json
 from dgmrun.loggers import continue_logs, flatten
 from dgmrun.metrics.samples import sample_metrics
 
 log = logging.getLogger("dgmrun")
+# The distributed environment this process was started with (by torchrun or SLURM, or none): Lightning's
+# launcher sets these in the process when it starts the ranks of a job, and the next job of a multirun must
+# not take them for its own (it would think itself an extra rank, or reuse the last job's port).
+DDP_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_ENVIRONMENT = {key: os.environ.get(key) for key in DDP_VARIABLES}
 
 # `lightning` prints through a console handler of its own and also propagates to the root logger that
 # Hydra sets up (console + the run's log file): drop its handler so each message appears once.
@@ -132,7 +137,8 @@ def make_loggers(cfg: DictConfig, resumed: bool = False) -> list[Any]:
         logger = instantiate(cfg.logger, _convert_="all")
         if resumed:
             continue_logs(logger)
-        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        logger.log_hyperparams({**flatten(OmegaConf.to_container(cfg, resolve=True)),
+                                "overrides": " ".join(command_line_overrides())})
     except Exception as e:  # a logging service must never stop training
         reason = e.__cause__ or e  # what failed inside Hydra's "Error in call to target ..." wrapper
         log.warning("logger %s failed to start (%s); continuing with CSV only", cfg.logger.get("_target_"), reason)
@@ -147,8 +153,16 @@ def _prepare_ddp_relaunch() -> None:
 
     Make that command reproduce this one job: its own overrides (not the whole sweep of a multirun)
     and its own output dir (in a multirun, run.dir is not where the job writes), with the extra ranks
-    logging to the console only.
+    logging to the console only. The next job of a multirun starts afresh: without the earlier job's
+    process group and distributed environment.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an earlier job's, whose other ranks have exited
+    for key, value in _LAUNCH_ENVIRONMENT.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     if os.environ.get("LOCAL_RANK") or not HydraConfig.initialized():
         return  # we are an extra rank already, or not under the command line
     hydra_cfg = HydraConfig.get()
@@ -163,14 +177,6 @@ def _share_cpu_threads(processes: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // max(1, processes))
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the ranks Lightning starts
-
-
-def check_accelerator(cfg: DictConfig) -> None:
-    """Refuse a GPU run on a machine without one, before anything is built or written."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise DgmrunError(f"trainer.accelerator={accelerator}: no GPU is visible to torch on this machine "
-                          "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default")
 
 
 def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = False, **overrides: Any) -> pl.Trainer:

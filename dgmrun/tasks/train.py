@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -17,13 +20,15 @@ from dgmrun.metrics.samples import SampleScorer
 from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_trainer, name_logger_run,
                                  resumed_in_place, run_dir, run_record, write_run_files)
 
+log = logging.getLogger("dgmrun")
+
 
 def has_validation_loss(model: pl.LightningModule) -> bool:
     return type(model).validation_step is not pl.LightningModule.validation_step
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Returns the final validation loss, the objective of hyper-parameter sweeps."""
+def train(cfg: DictConfig) -> float:
+    """Returns ``optimized_metric`` of the run, the objective of searches (NaN when the run has none)."""
     resume_from = None
     if cfg.ckpt_path is not None:  # resume: see "Resume" in the README
         cfg, _ = config_from_checkpoint(cfg)
@@ -70,5 +75,14 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         finish_loggers(trainer.loggers, failed)
     write_run_files(cfg, metrics)
-    val_loss = metrics.get("val/loss")
-    return float(val_loss) if val_loss is not None else None
+    return objective(metrics, cfg.optimized_metric)
+
+
+def objective(metrics: dict[str, Any], name: str) -> float:
+    value = metrics.get(name)
+    if isinstance(value, (int, float, torch.Tensor)) and math.isfinite(float(value)):
+        return float(value)
+    numbers = sorted(k for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)))
+    log.warning("optimized_metric=%s is %s in this run (its metrics: %s): the run returns NaN", name,
+                "not a finite number" if name in metrics else "not among the metrics", ", ".join(numbers))
+    return math.nan

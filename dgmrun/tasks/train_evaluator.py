@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from dgmrun.errors import DgmrunError
-from dgmrun.io import atomic_open, write_json
+from dgmrun.files import atomic_open, write_json
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.features import (
     build_classifier,
