@@ -27,7 +27,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from dgmrun import signals
 from dgmrun.errors import DgmrunError
-from dgmrun.report import REPORT_FILES, is_refused_job
+from dgmrun.report import REPORT_FILES, is_refused_job, read_runs
 from dgmrun.schema import validate
 
 
@@ -176,6 +176,12 @@ def _given(key: str) -> bool:
     return any(arg.lstrip("+~").split("=")[0] == key for arg in sys.argv[1:])
 
 
+def _every_job_failed(sweep_dir: Path | None) -> bool:
+    """Whether a sweep ran jobs and none of them succeeded (by their records, dgmrun.report.SweepReport)."""
+    runs = read_runs([sweep_dir]) if sweep_dir is not None and sweep_dir.is_dir() else []
+    return bool(runs) and all(run.status != "ok" for run in runs)
+
+
 def remove_if_only_hydra_files(run_dir: Path) -> bool:
     """Remove a run (or sweep) dir that holds nothing but what Hydra wrote before the task ran
     (``.hydra/``, an empty log, ``multirun.yaml``; in a sweep dir also the job dirs of refused jobs and
@@ -253,9 +259,14 @@ def main() -> None:
         print(f"dgmrun: error: {user_error(error)}", file=sys.stderr)
         sys.exit(1)
     except ValueError as error:
-        if not str(error).startswith("Only one of --run, --multirun"):  # Hydra's word on its flags
+        if str(error).startswith("Only one of --run, --multirun"):  # Hydra's word on its flags
+            print(f"dgmrun: error: {error} (print a sweep's first job with `dgmrun --cfg job` without -m)",
+                  file=sys.stderr)
+        elif _every_job_failed(SweepDirRecorder.sweep_dir):  # Optuna, asked for the best trial of a search
+            print(f"dgmrun: error: every trial of the search failed; their errors are in the sweep report "
+                  f"{SweepDirRecorder.sweep_dir / 'summary.md'}", file=sys.stderr)
+        else:
             raise
-        print(f"dgmrun: error: {error} (print a sweep's first job with `dgmrun --cfg job` without -m)", file=sys.stderr)
         sys.exit(1)
     except signals.Stopped as stop:  # while Hydra starts up or winds down
         _exit_stopped(stop)

@@ -61,6 +61,11 @@ class SweepReport(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started = time.monotonic()
 
+    # Plots cost a second or more per sweep: as jobs end they are redrawn at most this often (and always at the
+    # sweep's end), the table every time.
+    plot_interval_s = 60.0
+    _started = 0.0  # (monotonic clock) set by on_job_start, in the job's process
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra = HydraConfig.get()
         if hydra.mode != RunMode.MULTIRUN:
@@ -72,8 +77,11 @@ class SweepReport(Callback):
             status, error = ("refused" if nothing_ran else "failed"), first_line(job_return._return_value)
         write_json(run_dir / JOB_FILE, {
             "job": hydra.job.num, "overrides": list(hydra.overrides.task), "status": status, "error": error,
-            "wall_s": round(time.monotonic() - getattr(self, "_started", time.monotonic()), 3)})
-        write_report(Path(hydra.sweep.dir), read_runs([Path(hydra.sweep.dir)]))
+            "wall_s": round(time.monotonic() - self._started, 3)})
+        sweep = Path(hydra.sweep.dir)
+        plots = sweep / "plots"
+        stale = not plots.is_dir() or time.time() - plots.stat().st_mtime > self.plot_interval_s
+        write_report(sweep, read_runs([sweep]), plot=stale)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
@@ -207,8 +215,9 @@ def optuna_best(folders: Iterable[Path]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, runs: Sequence[Run], sources: Sequence[Path] | None = None) -> list[Path]:
-    """summary.csv, summary.md and the plots of ``runs`` into ``out``; returns the plots written."""
+def write_report(out: Path, runs: Sequence[Run], sources: Sequence[Path] | None = None, plot: bool = True) -> list[Path]:
+    """summary.csv, summary.md and (``plot``; else the md shows those drawn before) the plots of ``runs``
+    into ``out``; returns the plots."""
     header, rows = table(runs)
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
@@ -218,7 +227,7 @@ def write_report(out: Path, runs: Sequence[Run], sources: Sequence[Path] | None 
     for run in runs:
         counts[run.status] += 1
     best = optuna_best(sources if sources is not None else [out])
-    plots = write_plots(out / "plots", runs)
+    plots = write_plots(out / "plots", runs) if plot else sorted((out / "plots").glob("*.png"))
     text = [f"# Sweep report: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})", "",
             *[f"{line}\n" for line in best], markdown(header, rows)]
     text += [f"![{p.stem}](plots/{p.name})" for p in plots]
@@ -301,6 +310,12 @@ def panel(key: str, metric: str, others: Sequence[str], runs: Sequence[Run]) -> 
     return Panel(numeric, categories, series, [])
 
 
+def _label_order(label: str) -> list[tuple[float, str]]:
+    """``model.latent_dim=8`` before ``model.latent_dim=32``: numbers by value, the rest by name."""
+    parts = [part.partition("=")[2] for part in label.split(", ")]
+    return [(_number(p), "") if _number(p) is not None else (math.inf, p) for p in parts]
+
+
 def _draw(axes: Any, key: str, metric: str, shown: Panel, seeds_swept: bool) -> None:
     position = {x: (float(x) if shown.numeric else i) for i, x in enumerate(shown.categories)}
     if shown.points:
@@ -308,7 +323,7 @@ def _draw(axes: Any, key: str, metric: str, shown: Panel, seeds_swept: bool) -> 
     # Categorical settings: the series side by side at each category, as points (bars from 0 would flatten
     # differences of a few nats in an NLL of 80).
     width = 0.0 if shown.numeric else 0.5 / max(1, len(shown.series))
-    for i, (label, at) in enumerate(sorted(shown.series.items())):
+    for i, (label, at) in enumerate(sorted(shown.series.items(), key=lambda item: _label_order(item[0]))):
         xs = [x for x in shown.categories if x in at]
         offsets = [position[x] + (i - (len(shown.series) - 1) / 2) * width for x in xs]
         spreads = [at[x][1] for x in xs]
@@ -317,6 +332,10 @@ def _draw(axes: Any, key: str, metric: str, shown: Panel, seeds_swept: bool) -> 
     if not shown.numeric:
         axes.set_xticks(range(len(shown.categories)), shown.categories)
         axes.set_xlim(-0.5, len(shown.categories) - 0.5)
+    elif min(position.values()) > 0 and max(position.values()) >= 10 * min(position.values()):
+        axes.set_xscale("log")  # widths and learning rates: a factor apart, not a sum
+        axes.minorticks_off()
+        axes.set_xticks([position[x] for x in shown.categories], shown.categories)
     repeats = max((n for at in shown.series.values() for _, _, n in at.values()), default=1)
     axes.set_xlabel(key)
     axes.set_ylabel(metric)

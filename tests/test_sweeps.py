@@ -165,3 +165,17 @@ def test_ddp_on_cpu_inside_a_multirun_makes_one_run_dir_per_job(tmp_path):
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "plots")
     assert jobs == ["0", "1"]
     assert [r["status"] for r in _sweep_rows(tmp_path / "sweep")] == ["ok", "ok"]
+
+
+@SLOW
+def test_failed_trials_do_not_crash_a_search(tmp_path):
+    """Trials without their objective fail one by one (the search goes on to its n_trials); a search whose
+    every trial failed ends in one line that points to the report."""
+    out = run_dgmrun("hparams_search=vae_optuna", "trainer=debug", "hydra.sweeper.n_trials=2",
+                     "optimized_metric=test/nope", "hydra.sweep.dir=search", cwd=tmp_path, timeout=600)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == ("dgmrun: error: every trial of the search failed; their errors "
+                                                   f"are in the sweep report {tmp_path / 'search' / 'summary.md'}")
+    rows = _sweep_rows(tmp_path / "search")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all(r["error"].startswith("optimized_metric=test/nope is not among its metrics") for r in rows)

@@ -96,6 +96,8 @@ class GenerativeModel(pl.LightningModule):
     sampler_options: tuple[str, ...] = ()
     # What ``log_likelihood`` gives: "exact", a lower "bound", an "estimate" (importance sampling, AIS), "none".
     likelihood_kind = "exact"
+    # The conditional samplers ``impute_missing`` offers (the first: impute.method=auto); none: it cannot impute.
+    imputation_methods: tuple[str, ...] = ()
 
     def __init__(self, data_info: dict[str, Any], optimizer: dict[str, Any] | None,
                  scheduler: dict[str, Any] | None):
@@ -164,6 +166,21 @@ class GenerativeModel(pl.LightningModule):
 
     def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Per-example log p(x) (log p(x | labels) when ``class_conditional``) in nats, of ``likelihood_kind``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def impute(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``x`` with its ``missing`` pixels (a boolean mask of its shape) drawn from the model given the others,
+        by one of its ``imputation_methods``; the observed pixels are returned exactly as given."""
+        if method not in self.imputation_methods:
+            raise DgmrunError(f"impute.method={method}: model {type(self).__name__} imputes by "
+                              f"{', '.join(self.imputation_methods) or 'no method (it has no conditional sampler)'}")
+        return torch.where(missing, self.impute_missing(x, missing, method, iterations, generator), x)
+
+    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """The imputation behind ``impute``; only its missing pixels are used."""
         raise NotImplementedError
 
     def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None

@@ -49,6 +49,7 @@ AIS_SEED = 1234  # fixed, so task=eval gives the same log Z (and RAISE) for the 
 
 class RBM(GenerativeModel):
     likelihood_kind = "estimate"  # AIS's log Z: unbiased for Z, so log Z is low and the NLL high on average (Jensen)
+    imputation_methods = ("gibbs",)
 
     def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, visible: str, cd_k: int, persistent: bool,
                  num_chains: int, sample_gibbs_steps: int, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
@@ -101,6 +102,14 @@ class RBM(GenerativeModel):
         for _ in range(steps):
             v = self.sample_visible(bernoulli(self.hidden_probs(v), generator), generator)
         return v
+
+    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """Gibbs sampling with the observed visibles clamped: h ~ p(h | v), then the missing v ~ p(v | h)."""
+        v, clamped, free = x.flatten(1), x.flatten(1), missing.flatten(1)
+        for _ in range(iterations):
+            v = torch.where(free, self.sample_visible(bernoulli(self.hidden_probs(v), generator), generator), clamped)
+        return v.view_as(x)
 
     def reconstruction_error(self, v: Tensor) -> Tensor:
         """Per-example mean squared error of the mean-field reconstruction E[v | E[h | v]]."""

@@ -32,6 +32,7 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 class VAE(GenerativeModel):
     likelihood_kind = "estimate"
+    imputation_methods = ("pseudo_gibbs",)
 
     def __init__(self, data_info: dict[str, Any], *, latent_dim: int, arch: str, hidden_dims: Sequence[int],
                  channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
@@ -133,6 +134,17 @@ class VAE(GenerativeModel):
         if self.data_info.is_image:
             return self.likelihood.mean(params)
         return self.likelihood.sample(params, generator)
+
+    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """Pseudo-Gibbs (Rezende et al. 2014): z ~ q(z | x), the missing pixels set to the decoder's output for
+        z (its mean for images), the observed ones kept; ``iterations`` times."""
+        current = x
+        for _ in range(iterations):
+            mu, logvar = self.encode(current)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
+            current = torch.where(missing, self._to_data(self.decode(z), generator), x)
+        return current
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

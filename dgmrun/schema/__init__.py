@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import diffusion, gan, likelihood_models, vae
-from dgmrun.schema.base import ModelConfig, require
+from dgmrun.schema.base import ModelConfig, one_of, require
 from dgmrun.schema.data import DATA_SCHEMAS
 
 # Every model family's schemas, by the ``_target_`` of its YAML; a new family adds its module here.
@@ -106,6 +106,39 @@ class EvalConfig:
         require(self.num_samples > 0, f"eval.num_samples must be > 0, got {self.num_samples}")
 
 
+IMPUTE_MASKS = ("center", "random", "bottom", "top", "left", "right", "columns", "file")
+
+
+@dataclass
+class ImputeConfig:
+    """``task=impute``: which pixels of the test images are missing, and how the model fills them in."""
+
+    # center: a centred size x size square (the lectures' "Rect (k x k)") | random: each pixel with probability p
+    # | bottom, top, left, right: that half | columns: a centred vertical band size px wide | file: see file
+    mask: str = "center"
+    size: int = 12
+    p: float = 0.5
+    file: Optional[str] = None  # mask=file: a PNG of the images' size whose black pixels are missing
+    fill: str = "noise"  # what stands in the missing pixels at the start: uniform noise (the lectures' protocol) | zeros
+    method: str = "auto"  # one of the model's imputation_methods (auto: its first; VAE pseudo_gibbs, RBM gibbs)
+    iterations: int = 100  # of the conditional sampler (the lectures' protocol: 100)
+    num_samples: int = 1  # imputations per image; the error figures use their mean
+    num_examples: int = 0  # test images imputed (0: the whole test split)
+    batch_size: int = 500
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("impute.mask", self.mask, IMPUTE_MASKS)
+        one_of("impute.fill", self.fill, ("noise", "zeros"))
+        require(self.size >= 1, f"impute.size must be >= 1 pixel, got {self.size}")
+        require(0 <= self.p <= 1, f"impute.p must be in [0, 1], got {self.p}")
+        require(self.mask != "file" or self.file is not None, "impute.mask=file needs impute.file=<PNG of the mask>")
+        for key in ("iterations", "num_examples"):
+            require(getattr(self, key) >= 0, f"impute.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("num_samples", "batch_size"):
+            require(getattr(self, key) >= 1, f"impute.{key} must be >= 1, got {getattr(self, key)}")
+
+
 @dataclass
 class TrainerConfig:
     """The Trainer keys dgmrun documents; other Lightning keys pass through to Lightning unchecked."""
@@ -148,7 +181,8 @@ def register_declarations() -> None:
     for group, schemas in declared.items():
         for target, schema in schemas.items():
             store.store(group=f"schema/{group}", name=target.rsplit(".", 1)[-1], node=_defaults(schema))
-    for name, schema in (("sample", SampleConfig), ("eval", EvalConfig), ("trainer", TrainerConfig)):
+    for name, schema in (("sample", SampleConfig), ("eval", EvalConfig), ("impute", ImputeConfig),
+                         ("trainer", TrainerConfig)):
         store.store(group="schema/run", name=name, node=_defaults(schema))
 
 
@@ -295,14 +329,15 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     # user's seed=..., not data.seed.
     require(isinstance(cfg.seed, int), f"seed={cfg.seed!r} has the wrong type: expected int")
     require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (numpy's range), got {cfg.seed}")
-    require(isinstance(cfg.get("optimized_metric"), str), f"optimized_metric must be a metric's name (val/loss, "
-            f"test/nll, ...), got {cfg.get('optimized_metric')!r}")
+    require(cfg.get("optimized_metric") is None or isinstance(cfg.optimized_metric, str),
+            f"optimized_metric must be a metric's name (val/loss, test/nll, ...) or null, got {cfg.optimized_metric!r}")
     model_schema = _declaration("model", cfg.model, MODEL_SCHEMAS, "dgmrun.models.")
     data_schema = _declaration("data", cfg.data, DATA_SCHEMAS, "dgmrun.data.")
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
     data = _check_node(cfg.data, data_schema, "data") if data_schema else None
     _check_node(cfg.sample, SampleConfig, "sample")
     _check_node(cfg.eval, EvalConfig, "eval")
+    _check_node(cfg.impute, ImputeConfig, "impute")
     _check_node(cfg.trainer, TrainerConfig, "trainer", allow_extra=True)
     scoring_files = cfg.task.name == "eval" and cfg.ckpt_path is None  # eval.samples: no model is involved
     model_known = (cfg.ckpt_path is None or checkpoint_merged) and not scoring_files
@@ -332,9 +367,11 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
         cfg.data.root = resolve_path(str(cfg.data.root))
     if cfg.eval.get("samples"):
         cfg.eval.samples = resolve_path(str(cfg.eval.samples))
+    if cfg.impute.get("file"):
+        cfg.impute.file = resolve_path(str(cfg.impute.file))
     if cfg.ckpt_path is not None:
         cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path))
-    elif cfg.task.name == "sample" or (cfg.task.name == "eval" and not cfg.eval.get("samples")):
+    elif cfg.task.name in ("sample", "impute") or (cfg.task.name == "eval" and not cfg.eval.get("samples")):
         also = " or eval.samples=<folder of PNG/JPEG images or .npz>" if cfg.task.name == "eval" else ""
         raise DgmrunError(f"task={cfg.task.name} needs a checkpoint: ckpt_path=<file.ckpt or run dir>{also}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -14,21 +13,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, Throughput
+from dgmrun.errors import DgmrunError
 from dgmrun.models.base import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
 from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_trainer, name_logger_run,
                                  resumed_in_place, run_dir, run_record, write_run_files)
 
-log = logging.getLogger("dgmrun")
-
 
 def has_validation_loss(model: pl.LightningModule) -> bool:
     return type(model).validation_step is not pl.LightningModule.validation_step
 
 
-def train(cfg: DictConfig) -> float:
-    """Returns ``optimized_metric`` of the run, the objective of searches (NaN when the run has none)."""
+def train(cfg: DictConfig) -> float | None:
+    """Returns ``optimized_metric`` of the run (when set), the objective of searches."""
     resume_from = None
     if cfg.ckpt_path is not None:  # resume: see "Resume" in the README
         cfg, _ = config_from_checkpoint(cfg)
@@ -75,14 +73,16 @@ def train(cfg: DictConfig) -> float:
     finally:
         finish_loggers(trainer.loggers, failed)
     write_run_files(cfg, metrics)
-    return objective(metrics, cfg.optimized_metric)
+    return None if cfg.optimized_metric is None else objective(metrics, cfg.optimized_metric)
 
 
 def objective(metrics: dict[str, Any], name: str) -> float:
+    """The run's ``optimized_metric``; without it (or NaN) the run fails, which a search counts as a failed
+    trial (a NaN returned to Optuna's sweeper would end the search)."""
     value = metrics.get(name)
     if isinstance(value, (int, float, torch.Tensor)) and math.isfinite(float(value)):
         return float(value)
     numbers = sorted(k for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)))
-    log.warning("optimized_metric=%s is %s in this run (its metrics: %s): the run returns NaN", name,
-                "not a finite number" if name in metrics else "not among the metrics", ", ".join(numbers))
-    return math.nan
+    problem = f"is {float(value)}" if name in metrics else "is not among its metrics"
+    raise DgmrunError(f"optimized_metric={name} {problem} (the run's files are written; its metrics: "
+                      f"{', '.join(numbers)})")
