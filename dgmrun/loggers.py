@@ -115,7 +115,8 @@ def log_report_to_wandb(logger_cfg: dict[str, Any], sweep_dir: str, header: list
     mode = wandb_mode(str(logger_cfg.get("mode", "auto")), sweep_dir)
     run = wandb.init(project=logger_cfg.get("project"), entity=logger_cfg.get("entity"), dir=sweep_dir, mode=mode,
                      group=logger_cfg.get("group") or sweep_dir, job_type="report", tags=list(logger_cfg.get("tags") or []),
-                     name=f"report {sweep_dir}", reinit=True)
+                     name=f"report {sweep_dir}", reinit=True,
+                     settings=wandb.Settings(init_timeout=300))  # (its service starts slowly on a busy machine)
     try:
         table = [[v if isinstance(v, (int, float)) or v is None else str(v) for v in row] for row in rows]
         run.log({"sweep_report": wandb.Table(columns=list(header), data=table)})

@@ -58,17 +58,17 @@ class Run:
 class SweepReport(Callback):
     """Records every job of a multirun and rewrites its sweep's report when the job ends."""
 
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._started = time.monotonic()
-
     # Plots cost a second or more per sweep: as jobs end they are redrawn at most this often (and always at the
     # sweep's end), the table every time.
     plot_interval_s = 60.0
     _started = 0.0  # (monotonic clock) set by on_job_start, in the job's process
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.monotonic()
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra = HydraConfig.get()
-        if hydra.mode != RunMode.MULTIRUN:
+        if hydra.mode != RunMode.MULTIRUN or not Path(hydra.runtime.output_dir).is_dir():
             return
         run_dir = Path(hydra.runtime.output_dir)
         status, error = "ok", ""

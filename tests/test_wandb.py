@@ -104,6 +104,8 @@ def test_the_jobs_of_a_sweep_share_a_group_and_the_report_is_a_table(tmp_path):
         (run_file,) = (tmp_path / "sweep" / job / "wandb").glob("offline-run-*/run-*.wandb")
         run, _ = _run_records(run_file)
         assert (run.run_group, run.job_type, list(run.tags)) == ("sweep", "train", ["mine"])
-    (report_file,) = (tmp_path / "sweep" / "wandb").glob("offline-run-*/run-*.wandb")
+    reports = list((tmp_path / "sweep" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(reports) == 1, out.stderr[-3000:]
+    report_file = reports[0]
     run, keys = _run_records(report_file)
     assert (run.run_group, run.job_type) == ("sweep", "report") and "sweep_report/nrows" in keys

@@ -80,6 +80,31 @@ def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_im
     return torch.randint(num_classes, (n,), generator=generator, device=device)
 
 
+def require_missing_last(missing: Tensor) -> None:
+    """Exact autoregressive imputation draws the missing pixels in the model's (raster) order given those
+    before them: the exact conditional only when every missing pixel comes after every observed one."""
+    flat = missing.flatten(1).int()
+    if (flat[:, 1:] < flat[:, :-1]).any():
+        raise DgmrunError("impute.method=exact needs every missing pixel after every observed one in raster order "
+                          "(impute.mask=bottom); for other masks use impute.method=gibbs")
+
+
+def binary_gibbs(log_prob: Callable[[Tensor], Tensor], x: Tensor, missing: Tensor, iterations: int,
+                 generator: torch.Generator | None) -> Tensor:
+    """Gibbs sampling of binary missing pixels: each in turn redrawn from its full conditional
+    p(x_d | x_-d) = sigmoid(log p(x with x_d = 1) - log p(x with x_d = 0)), computed exactly."""
+    current = x.clone()
+    flat, free = current.view(len(x), -1), missing.reshape(len(x), -1)
+    for _ in range(iterations):
+        for d in free.any(0).nonzero().flatten().tolist():
+            flat[:, d] = 1.0
+            log_p1 = log_prob(current)
+            flat[:, d] = 0.0
+            draw = torch.bernoulli(torch.sigmoid(log_p1 - log_prob(current)), generator=generator)
+            flat[:, d] = torch.where(free[:, d], draw, x.view(len(x), -1)[:, d])
+    return current
+
+
 def reconstruction_grid(x: Tensor, reconstruct: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
     """``{"reconstructions": grid}`` of up to 32 images ``x`` (whole rows of 8), each row of inputs above the
     row of their reconstructions; ``{}`` for fewer than 8 images."""

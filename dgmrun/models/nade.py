@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, binary_gibbs, require_missing_last
 
 
 class NADE(GenerativeModel):
+    imputation_methods = ("exact", "gibbs")
     def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, optimizer: dict[str, Any],
                  scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
@@ -65,11 +66,24 @@ class NADE(GenerativeModel):
     # ------------------------------------------------------------------ GenerativeModel
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        d = self.data_info.num_dims
-        a = self.c.expand(n, -1).clone()
-        v = torch.zeros(n, d, device=self.device)
-        for i in range(d):
+        return self._ancestral(torch.zeros(n, self.data_info.num_dims, device=self.device),
+                               torch.ones(n, self.data_info.num_dims, dtype=torch.bool, device=self.device), generator)
+
+    def _ancestral(self, v: Tensor, drawn: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Dimension by dimension, in order: v_d ~ p(v_d | v_<d) where ``drawn``, else v_d kept."""
+        v = v.clone()
+        a = self.c.expand(len(v), -1).clone()
+        for i in range(v.shape[1]):
             p = torch.sigmoid(self.b[i] + torch.sigmoid(a) @ self.V[i])
-            v[:, i] = torch.bernoulli(p, generator=generator)
+            v[:, i] = torch.where(drawn[:, i], torch.bernoulli(p, generator=generator), v[:, i])
             a += v[:, i : i + 1] * self.W[i]
-        return v.view(n, *self.data_info.shape)
+        return v.view(len(v), *self.data_info.shape)
+
+    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """``exact``: the missing dimensions drawn in order given the observed ones before them (the exact
+        conditional for a ``bottom`` mask); ``gibbs``: each missing dimension redrawn from its full conditional."""
+        if method == "exact":
+            require_missing_last(missing)
+            return self._ancestral(x.flatten(1), missing.flatten(1), generator)
+        return binary_gibbs(self.log_likelihood, x, missing, iterations, generator)

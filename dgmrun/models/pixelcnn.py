@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dgmrun.models.base import GenerativeModel
+from dgmrun.errors import DgmrunError
+from dgmrun.models.base import GenerativeModel, binary_gibbs, require_missing_last
 from dgmrun.nets.masked import PixelCNNNet
 
 
 class PixelCNN(GenerativeModel):
+    imputation_methods = ("exact", "gibbs")
     def __init__(self, data_info: dict[str, Any], *, channels: int, num_layers: int, kernel_size: int, gated: bool,
                  conditional: bool, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
@@ -92,14 +94,39 @@ class PixelCNN(GenerativeModel):
         c, h, w = self.data_info.shape
         if self.conditional and labels is None:
             labels = self.grid_labels(n, classes)
-        x = torch.zeros(n, c, h, w, device=self.device)
+        everything = torch.ones(n, c, h, w, dtype=torch.bool, device=self.device)
+        return self._ancestral(torch.zeros(n, c, h, w, device=self.device), everything, labels, generator)
+
+    def _ancestral(self, x: Tensor, drawn: Tensor, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """Pixel by pixel in raster order: x_ij ~ p(x_ij | the pixels before it) where ``drawn``, else kept."""
+        x = x.clone()
+        n, c, h, w = x.shape
         for i in range(h):
             for j in range(w):
+                if not drawn[:, :, i, j].any():
+                    continue
                 logits = self.logits(x[:, :, : i + 1], labels)[..., i, j]  # rows > i cannot influence (i, j)
                 if self.levels == 2:
-                    x[:, :, i, j] = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+                    value = torch.bernoulli(torch.sigmoid(logits), generator=generator)
                 else:
                     probs = torch.softmax(logits, dim=-1).reshape(-1, self.levels)
-                    k = torch.multinomial(probs, 1, generator=generator).view(n, c)
-                    x[:, :, i, j] = k.float() / (self.levels - 1)
+                    value = torch.multinomial(probs, 1, generator=generator).view(n, c).float() / (self.levels - 1)
+                x[:, :, i, j] = torch.where(drawn[:, :, i, j], value, x[:, :, i, j])
         return x
+
+    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """``exact``: the missing pixels drawn in raster order given the pixels before them (the exact
+        conditional for a ``bottom`` mask); ``gibbs`` (binary images): each missing pixel redrawn from its
+        full conditional. The class-conditional model is refused: imputation has no labels to give it."""
+        if self.conditional:
+            raise DgmrunError("task=impute: the class-conditional PixelCNN needs the images' labels, which "
+                              "imputation does not use; impute with an unconditional PixelCNN")
+        if method == "exact":
+            require_missing_last(missing.any(1))  # (all channels of a pixel are drawn at once)
+            return self._ancestral(x, missing, None, generator)
+        if self.levels != 2:
+            raise DgmrunError(f"impute.method=gibbs: for {self.levels} grey levels each pixel's full conditional "
+                              f"costs {self.levels} passes of the network; binarize the data (or use impute.mask=bottom "
+                              "with impute.method=exact)")
+        return binary_gibbs(self.log_prob, x, missing, iterations, generator)

@@ -120,7 +120,9 @@ class ImputeConfig:
     p: float = 0.5
     file: Optional[str] = None  # mask=file: a PNG of the images' size whose black pixels are missing
     fill: str = "noise"  # what stands in the missing pixels at the start: uniform noise (the lectures' protocol) | zeros
-    method: str = "auto"  # one of the model's imputation_methods (auto: its first; VAE pseudo_gibbs, RBM gibbs)
+    # one of the model's imputation_methods (auto: its first): VAE pseudo_gibbs; RBM gibbs; NADE, PixelCNN exact
+    # (mask=bottom) or gibbs
+    method: str = "auto"
     iterations: int = 100  # of the conditional sampler (the lectures' protocol: 100)
     num_samples: int = 1  # imputations per image; the error figures use their mean
     num_examples: int = 0  # test images imputed (0: the whole test split)

@@ -64,7 +64,8 @@ def refuse_what_cannot_impute(model: GenerativeModel, method: str) -> str:
     """The method to impute by (``auto``: the model's first); a model without a conditional sampler is refused."""
     if not model.imputation_methods:
         raise DgmrunError(f"model {type(model).__name__} cannot impute: it has no conditional sampler (models that "
-                          f"can: VAE, IWAE and beta-VAE by pseudo-Gibbs, RBM by clamped Gibbs sampling)")
+                          "can: vae, iwae, beta_vae by pseudo-Gibbs; rbm by clamped Gibbs; nade, pixelcnn exactly "
+                          "for impute.mask=bottom, by Gibbs from the full conditionals otherwise)")
     return model.imputation_methods[0] if method == "auto" else method
 
 
