@@ -92,6 +92,8 @@ def test_task_report_of_a_missing_dir_is_one_line(cfg_factory, tmp_path):
     cfg = cfg_factory("task=report", f"dir={tmp_path / 'nope'}")
     with pytest.raises(DgmrunError, match="dir: no such folder"):
         report(cfg)
+    with pytest.raises(DgmrunError, match=r"task=report needs dir=<a sweep dir, run dir or folder of either>"):
+        validate(cfg_factory("task=report"))
 
 
 def test_a_sweep_with_a_refused_job_reports_it(tmp_path):

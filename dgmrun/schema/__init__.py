@@ -371,6 +371,9 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
         cfg.eval.samples = resolve_path(str(cfg.eval.samples))
     if cfg.impute.get("file"):
         cfg.impute.file = resolve_path(str(cfg.impute.file))
+    if cfg.task.name == "report":
+        require(not OmegaConf.is_missing(cfg, "dir"), "task=report needs dir=<a sweep dir, run dir or folder of "
+                "either>, or dir=[A,B] for several")
     if cfg.ckpt_path is not None:
         cfg.ckpt_path = str(resolve_ckpt_path(cfg.ckpt_path))
     elif cfg.task.name in ("sample", "impute") or (cfg.task.name == "eval" and not cfg.eval.get("samples")):
