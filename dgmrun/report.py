@@ -253,7 +253,8 @@ def write_plots(folder: Path, runs: Sequence[Run]) -> list[Path]:
     series per value of the other swept settings; the mean over seeds, with error bars (one standard
     deviation) when several seeds were run."""
     done = [run for run in runs if run.status == "ok"]
-    keys = [k for k in swept_keys(runs) if k != "seed"]
+    swept = swept_keys(runs)
+    keys = [k for k in swept if k != "seed"]
     metrics = [m for m in metric_names(done)
                if len({_number(run.metrics.get(m)) for run in done} - {None}) > 1]
     if not done or not keys or not metrics:
@@ -271,7 +272,7 @@ def write_plots(folder: Path, runs: Sequence[Run]) -> list[Path]:
         figure, panels = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), dpi=100, squeeze=False)
         for key, axes in zip(keys, panels[0]):
             shown = panel(key, metric, [k for k in keys if k != key], done)
-            _draw(axes, key, metric, shown, "seed" in swept_keys(runs))
+            _draw(axes, key, metric, shown, "seed" in swept)
         figure.tight_layout()
         path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', metric)}.png"
         buffer = io.BytesIO()
