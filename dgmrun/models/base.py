@@ -30,6 +30,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import Tensor
 
 from dgmrun.data.info import DataInfo
@@ -51,9 +53,6 @@ def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimiz
 def build_model(model_cfg: Mapping[str, Any], info: DataInfo) -> "GenerativeModel":
     """Instantiate ``model_cfg`` (a ``_target_`` and its settings; the others take their declared defaults)
     for data described by ``info``."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     try:
         model = instantiate(declared_model(model_cfg, info), data_info=info.to_dict(), _convert_="all")
     except InstantiationException as e:  # a model refusing its arguments: the user's one-line message

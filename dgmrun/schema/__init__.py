@@ -289,18 +289,25 @@ def _declaration(group: str, node: Any, schemas: dict[str, type], package: str) 
                       f"{', '.join(sorted(t.rsplit('.', 1)[-1] for t in schemas))}")
 
 
+def _on_declaration(group: str, settings: Any, schemas: dict[str, type], package: str) -> tuple[DictConfig, Any]:
+    """(``settings`` on top of their declaration's defaults, the checked declaration); for a user's own
+    ``_target_``, (the settings as given, None)."""
+    node = OmegaConf.create(settings if isinstance(settings, dict) else OmegaConf.to_container(settings, resolve=True))
+    schema = _declaration(group, node, schemas, package)
+    if schema is None:
+        return node, None
+    node = OmegaConf.merge(_defaults(schema), node)
+    return node, _check_node(node, schema, group)
+
+
 def declared_model(model_cfg: Any, info: DataInfo) -> DictConfig:
     """``model_cfg`` (a ``_target_`` and some settings) on top of its declaration's defaults, checked, with
     ``auto`` resolved for data ``info``: what a model of dgmrun's receives, from the command line, a checkpoint
     or Python (``VAE.build``). A user's own ``_target_`` is returned as given."""
-    node = OmegaConf.create(model_cfg if isinstance(model_cfg, dict) else OmegaConf.to_container(model_cfg, resolve=True))
-    schema = _declaration("model", node, MODEL_SCHEMAS, "dgmrun.models.")
-    if schema is None:
-        return node
-    node = OmegaConf.merge(_defaults(schema), node)
-    checked = _check_node(node, schema, "model")
-    checked.check_data(info)
-    _write_back(node, checked)
+    node, checked = _on_declaration("model", model_cfg, MODEL_SCHEMAS, "dgmrun.models.")
+    if checked is not None:
+        checked.check_data(info)
+        _write_back(node, checked)
     return node
 
 
@@ -308,15 +315,11 @@ def declared_data(data_cfg: dict[str, Any]) -> DictConfig:
     """``data_cfg`` (a ``_target_`` and some settings) on top of its declaration's defaults, checked, its root
     made absolute: what a datamodule of dgmrun's receives (``Digits.build`` from Python). ``binarize`` must
     be concrete: ``auto`` is the model's choice, known only on the command line."""
-    node = OmegaConf.create(data_cfg)
-    schema = _declaration("data", node, DATA_SCHEMAS, "dgmrun.data.")
-    if schema is None:
-        return node
-    node = OmegaConf.merge(_defaults(schema), node)
-    _check_node(node, schema, "data")
-    require(node.get("binarize") != "auto", "data.binarize=auto is the model's choice: give none, static or dynamic")
-    if node.get("root"):
-        node.root = resolve_path(str(node.root))
+    node, checked = _on_declaration("data", data_cfg, DATA_SCHEMAS, "dgmrun.data.")
+    if checked is not None:
+        require(node.get("binarize") != "auto", "data.binarize=auto is the model's choice: give none, static or dynamic")
+        if node.get("root"):
+            node.root = resolve_path(str(node.root))
     return node
 
 
