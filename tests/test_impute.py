@@ -17,33 +17,42 @@ from dgmrun.data.datamodule import Digits
 from dgmrun.data.info import DataInfo
 from dgmrun.data.masks import fill_missing, pixel_mask
 from dgmrun.errors import DgmrunError
+from dgmrun.models.ddpm import DDPM
 from dgmrun.models.gan import GAN
 from dgmrun.models.rbm import RBM
 from dgmrun.models.vae import VAE
-from dgmrun.schema import validate
-from dgmrun.tasks.impute import refuse_what_cannot_impute, squared_error
+from dgmrun.schema import ImputeConfig, validate
+from dgmrun.tasks.impute import method_of, squared_error
 
 DIGITS = DataInfo("digits", (1, 8, 8), 10, 2)
 FIXTURE_VAE = Path(__file__).parent / "fixtures" / "6cc1d98-vae-digits.ckpt"
+FIXTURE_DDPM = Path(__file__).parent / "fixtures" / "6cc1d98-ddpm-digits.ckpt"
+
+
+def how(method: str, iterations: int, **settings) -> ImputeConfig:
+    return ImputeConfig(method=method, iterations=iterations, **settings)
 
 
 def _models():
     torch.manual_seed(0)
-    return [(VAE.build(DIGITS, latent_dim=3, hidden_dims=[16]), "pseudo_gibbs"),
-            (RBM.build(DIGITS, hidden_dim=8), "gibbs")]
+    vae = VAE.build(DIGITS, latent_dim=3, hidden_dims=[16])
+    ddpm = DDPM.build(DataInfo("digits", (1, 8, 8), 10, 17), num_timesteps=20, base_channels=8, num_res_blocks=1,
+                      attention_resolutions=[], ema_decay=None)
+    return [(vae, "pseudo_gibbs"), (vae, "metropolis_within_gibbs"), (RBM.build(DIGITS, hidden_dim=8), "gibbs"),
+            (ddpm.eval(), "repaint")]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["vae", "rbm"])
+@pytest.mark.parametrize("index", range(4), ids=["vae-pseudo-gibbs", "vae-mwg", "rbm", "ddpm-repaint"])
 def test_observed_pixels_are_never_changed(index):
     model, method = _models()[index]
     generator = torch.Generator().manual_seed(1)
     x = (torch.rand(16, 1, 8, 8, generator=generator) < 0.4).float()
     missing = pixel_mask("random", (1, 8, 8), p=0.5, generator=generator, n=16)
-    imputed = model.impute(fill_missing(x, missing, "noise", generator), missing, method, 5, generator)
+    imputed = model.impute(fill_missing(x, missing, "noise", generator), missing, how(method, 5), generator)
     assert torch.equal(imputed[~missing], x[~missing])
     assert not torch.equal(imputed[missing], x[missing])  # the missing ones were drawn anew
     nothing = torch.zeros_like(missing)
-    assert torch.equal(model.impute(x, nothing, method, 5, generator), x)
+    assert torch.equal(model.impute(x, nothing, how(method, 5), generator), x)
 
 
 def test_masks_cover_what_they_say():
@@ -82,7 +91,7 @@ def test_rbm_clamped_gibbs_draws_the_exact_conditional(free):
     missing = torch.zeros(n, 1, 1, 6, dtype=torch.bool)
     missing[..., free] = True
     x = fill_missing(v.view(1, 1, 1, 6).repeat(n, 1, 1, 1), missing, "zeros")
-    imputed = model.impute(x, missing, "gibbs", 50, torch.Generator().manual_seed(1)).view(n, 6)[:, free]
+    imputed = model.impute(x, missing, how("gibbs", 50), torch.Generator().manual_seed(1)).view(n, 6)[:, free]
     counts = {config: 0 for config in exact}
     for row in imputed.int().tolist():
         counts[tuple(row)] += 1
@@ -108,7 +117,7 @@ def test_vae_pseudo_gibbs_lowers_the_error_on_real_digits():
     x, _ = data.split_tensors("test")
     missing = pixel_mask("bottom", (1, 8, 8), n=len(x))
     corrupted = fill_missing(x, missing, "noise", torch.Generator().manual_seed(0))
-    errors = {k: squared_error(x, model.impute(corrupted, missing, "pseudo_gibbs", k, torch.Generator().manual_seed(0)),
+    errors = {k: squared_error(x, model.impute(corrupted, missing, how("pseudo_gibbs", k), torch.Generator().manual_seed(0)),
                                missing) for k in (1, 20)}
     noise = squared_error(x, corrupted, missing)
     assert errors[20] < errors[1] < noise, (errors, noise)
@@ -117,7 +126,7 @@ def test_vae_pseudo_gibbs_lowers_the_error_on_real_digits():
 def test_refusals_are_one_line(cfg_factory, tmp_path):
     gan = GAN.build(DataInfo("toy2d", (2,), 8, None))
     with pytest.raises(DgmrunError, match="model GAN cannot impute: it has no conditional sampler"):
-        refuse_what_cannot_impute(gan, "auto")
+        method_of(gan, "auto")
     with pytest.raises(DgmrunError, match="impute.size=12 does not fit images of 8x8 px"):
         pixel_mask("center", (1, 8, 8), size=12)
     with pytest.raises(DgmrunError, match=r"impute.p must be in \[0, 1\], got 1.5"):
@@ -125,21 +134,31 @@ def test_refusals_are_one_line(cfg_factory, tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "mask.png")
     with pytest.raises(DgmrunError, match="is 5x5 px; the images are 8x8"):
         pixel_mask("file", (1, 8, 8), file=str(tmp_path / "mask.png"))
-    with pytest.raises(DgmrunError, match="impute.method=ddim: model VAE imputes by pseudo_gibbs"):
-        _models()[0][0].impute(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool), "ddim", 1)
+    conditional = DDPM.build(DIGITS, conditional=True, p_uncond=0.0, num_timesteps=2, base_channels=8, num_res_blocks=1)
+    with pytest.raises(DgmrunError, match="trained without a null label"):
+        conditional.impute(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool), how("repaint", 1))
+    with pytest.raises(DgmrunError, match="impute.method=ddim: model VAE imputes by pseudo_gibbs, metropolis_within_gibbs"):
+        _models()[0][0].impute(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool), how("ddim", 1))
 
 
-def test_task_impute_writes_metrics_and_the_imputations(cfg_factory):
+@pytest.mark.parametrize("family", ["vae", "ddpm"])
+def test_task_impute_writes_metrics_and_the_imputations(cfg_factory, family):
     from dgmrun.tasks.impute import impute
 
-    cfg = cfg_factory("task=impute", f"ckpt_path={FIXTURE_VAE}", "impute.size=4", "impute.iterations=10",
-                      "impute.num_examples=40", "impute.num_samples=2")
+    checkpoint = {"vae": FIXTURE_VAE, "ddpm": FIXTURE_DDPM}[family]
+    cfg = cfg_factory("task=impute", f"ckpt_path={checkpoint}", "impute.size=4", "impute.iterations=10",
+                      "impute.num_examples=40", "impute.num_samples=2", "impute.resamplings=2", "impute.jump=5")
     validate(cfg)
     mse = impute(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["impute/mse"] == mse and math.isfinite(mse) and metrics["impute/missing_fraction"] == 0.25
-    assert metrics["impute/protocol"].startswith("mask center 4x4; fill noise; method pseudo_gibbs, 10 iterations")
+    method = {"vae": "pseudo_gibbs, 10 iterations", "ddpm": "repaint over 20 timesteps, jump 5, 2 resamplings"}[family]
+    assert metrics["impute/protocol"].startswith(f"mask center 4x4; fill noise; method {method}")
+    if family == "vae":  # the conditional NLL of the missing pixels, a few nats for 16 binary pixels
+        assert metrics["impute/nll_missing_kind"].startswith("estimate") and 0 < metrics["impute/nll_missing"] < 16
+    else:
+        assert "impute/nll_missing" not in metrics
     saved = np.load(out / "imputed.npz")
     assert saved["originals"].shape == saved["imputations"].shape == (40, 1, 8, 8)
     kept = ~saved["masks"]
@@ -162,7 +181,7 @@ def _chi_square_against_enumeration(model, shape: tuple[int, ...], missing_at: l
     missing = torch.zeros(n, d, dtype=torch.bool)
     missing[:, missing_at] = True
     x = observed.repeat(n, 1).view(n, *shape)
-    imputed = model.impute(x, missing.view(n, *shape), method, iterations, torch.Generator().manual_seed(2))
+    imputed = model.impute(x, missing.view(n, *shape), how(method, iterations), torch.Generator().manual_seed(2))
     counts = {c: 0 for c in configs}
     for row in imputed.view(n, d)[:, missing_at].tolist():
         counts[tuple(row)] += 1
@@ -201,4 +220,131 @@ def test_exact_imputation_refuses_a_mask_with_observed_pixels_after_missing_ones
     model = NADE.build(DIGITS, hidden_dim=4)
     center = pixel_mask("center", (1, 8, 8), size=4)
     with pytest.raises(DgmrunError, match="impute.method=exact needs every missing pixel after every observed one"):
-        model.impute(torch.zeros(1, 1, 8, 8), center, "exact", 1)
+        model.impute(torch.zeros(1, 1, 8, 8), center, how("exact", 1))
+
+
+def _tiny_vae() -> tuple[VAE, torch.Tensor]:
+    """A VAE with a one-dimensional latent on 6 binary pixels, far from its initialisation, and the decoder's
+    logits on a fine grid of z with the grid's log prior weights, for exact integrals over z by quadrature."""
+    torch.manual_seed(0)
+    model = VAE.build(DataInfo("tiny", (1, 1, 6), 0, 2), latent_dim=1, hidden_dims=[8]).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+    return model, torch.linspace(-7, 7, 4001).unsqueeze(1)
+
+
+def _exact_missing_distribution(model: VAE, z: torch.Tensor, observed: torch.Tensor, free: list[int]):
+    """p(x_free | x_rest) = int p(x | z) p(z) dz / (same summed over x_free), by quadrature over z."""
+    configs = list(itertools.product([0.0, 1.0], repeat=len(free)))
+    with torch.no_grad():
+        logits = model.decode(z).view(len(z), 6)
+        log_prior = -0.5 * z.squeeze(1) ** 2
+        log_joint = []
+        for config in configs:
+            x = observed.clone()
+            x[free] = torch.tensor(config)
+            log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand(len(z), 6),
+                                                                            reduction="none").sum(1)
+            log_joint.append(torch.logsumexp(log_px_z + log_prior, 0))
+    return configs, torch.softmax(torch.stack(log_joint).double(), 0)
+
+
+def test_vae_metropolis_within_gibbs_draws_the_exact_conditional():
+    """Chi-square of 20,000 chains against p(x_missing | x_observed) by quadrature over the latent; pseudo-Gibbs,
+    which is not exact, is rejected on the same model."""
+    model, z = _tiny_vae()
+    observed, free = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), [1, 4]
+    configs, exact = _exact_missing_distribution(model, z, observed, free)
+    n = 20_000
+    missing = torch.zeros(n, 1, 1, 6, dtype=torch.bool)
+    missing[..., free] = True
+    x = fill_missing(observed.view(1, 1, 1, 6).repeat(n, 1, 1, 1), missing, "zeros")
+
+    def chi_square(method: str) -> float:
+        means = model.impute(x, missing, how(method, 60), torch.Generator().manual_seed(3)).view(n, 6)[:, free]
+        imputed = torch.bernoulli(means, generator=torch.Generator().manual_seed(4))  # pixels from the decoder's means
+        counts = {c: 0 for c in configs}
+        for row in imputed.tolist():
+            counts[tuple(row)] += 1
+        return sum((counts[c] - n * p) ** 2 / (n * p) for c, p in zip(configs, exact.tolist()))
+
+    assert chi_square("metropolis_within_gibbs") < 16.27  # chi-square, 3 degrees of freedom, p = 0.001
+    assert chi_square("pseudo_gibbs") > 16.27  # rejected at the same level
+
+
+def test_vae_missing_likelihood_estimate_matches_quadrature():
+    model, z = _tiny_vae()
+    model.eval_settings = {"num_importance_samples": 5000}
+    observed, free = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), [1, 4]
+    configs, exact = _exact_missing_distribution(model, z, observed, free)
+    missing = torch.zeros(1, 1, 1, 6, dtype=torch.bool)
+    missing[..., free] = True
+    estimate, kind = model.missing_log_likelihood(observed.view(1, 1, 1, 6), missing, observed.view(1, 1, 1, 6))
+    truth = math.log(exact[configs.index(tuple(observed[free].tolist()))].item())
+    assert kind.startswith("estimate") and abs(estimate.item() - truth) < 0.02, (estimate.item(), truth)
+
+
+@pytest.mark.parametrize("family", ["nade", "pixelcnn"])
+def test_autoregressive_missing_likelihood_is_exact_for_the_bottom_mask(family):
+    """log p(x_missing | x_observed) = log p(x) - log sum over the missing values of p(x), by enumeration;
+    not given for a mask with observed pixels after missing ones."""
+    torch.manual_seed(0)
+    info = DataInfo("tiny", (1, 2, 3), 0, 2)
+    if family == "nade":
+        from dgmrun.models.nade import NADE
+
+        model = NADE.build(info, hidden_dim=4)
+    else:
+        from dgmrun.models.pixelcnn import PixelCNN
+
+        model = PixelCNN.build(info, channels=8, num_layers=2, kernel_size=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.0]).view(1, 1, 2, 3)
+    bottom = pixel_mask("bottom", (1, 2, 3))
+    batch = x.repeat(8, 1, 1, 1).view(8, 6)
+    batch[:, 3:] = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
+    with torch.no_grad():
+        truth = model.log_likelihood(x) - torch.logsumexp(model.log_likelihood(batch.view(8, 1, 2, 3)), 0)
+    value, kind = model.missing_log_likelihood(x, bottom, x)
+    assert kind == "exact" and torch.allclose(value, truth, atol=1e-5), (value, truth)
+    left = pixel_mask("left", (1, 2, 3))
+    assert model.missing_log_likelihood(x, left, x) is None
+
+
+class GaussianEps(torch.nn.Module):
+    """The exact eps-prediction E[eps | x_t] for data x_0 ~ N(mean, cov): with x_t = a x_0 + s eps,
+    E[eps | x_t] = s (a^2 cov + s^2 I)^-1 (x_t - a mean)."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.mean, self.cov, self.alpha_bar = mean, cov, alpha_bar
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, y: object = None) -> torch.Tensor:
+        alpha_bar = self.alpha_bar[t[0]]  # (the samplers step every example at one timestep)
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        precision = torch.linalg.inv(a**2 * self.cov + s**2 * torch.eye(len(self.mean)))
+        return s * (xt - a * self.mean) @ precision
+
+
+def test_repaint_with_the_exact_denoiser_draws_the_gaussian_conditional():
+    """With the exact denoiser of Gaussian data, RePaint's draws of x_1 given x_0 have the closed-form
+    conditional's mean and variance (0.1 and 0.36 here); without its resampling they are far off."""
+    torch.manual_seed(0)
+    model = DDPM.build(DataInfo("points", (2,), 0, None), ema_decay=None).eval()
+    mean, cov = torch.tensor([0.5, -0.3]), torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    model.net = GaussianEps(mean, cov, model.diffusion.alpha_bar)
+    n = 5_000
+    x = torch.tensor([1.0, 0.0]).repeat(n, 1)
+    missing = torch.tensor([False, True]).repeat(n, 1)
+
+    def drawn(resamplings: int) -> torch.Tensor:
+        return model.impute(x, missing, how("repaint", 0, resamplings=resamplings, jump=10),
+                            torch.Generator().manual_seed(5))[:, 1]
+
+    resampled, replaced = drawn(10), drawn(1)
+    # (the standard errors: 0.008 of the mean, 0.007 of the variance)
+    assert abs(resampled.mean() - 0.1) < 0.03 and abs(resampled.var() - 0.36) < 0.03, (resampled.mean(), resampled.var())
+    assert abs(replaced.mean() - 0.1) > 0.1 and replaced.var() > 0.42, (replaced.mean(), replaced.var())

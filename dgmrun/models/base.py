@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -79,22 +79,39 @@ def sample_labels(n: int, num_classes: int, classes: Sequence[int] | None, is_im
     return torch.randint(num_classes, (n,), generator=generator, device=device)
 
 
+def missing_last(missing: Tensor) -> bool:
+    """Whether every missing pixel comes after every observed one in raster order (a ``bottom`` mask)."""
+    flat = missing.flatten(1).int()
+    return not (flat[:, 1:] < flat[:, :-1]).any()
+
+
 def require_missing_last(missing: Tensor) -> None:
     """Exact autoregressive imputation draws the missing pixels in the model's (raster) order given those
     before them: the exact conditional only when every missing pixel comes after every observed one."""
-    flat = missing.flatten(1).int()
-    if (flat[:, 1:] < flat[:, :-1]).any():
+    if not missing_last(missing):
         raise DgmrunError("impute.method=exact needs every missing pixel after every observed one in raster order "
                           "(impute.mask=bottom); for other masks use impute.method=gibbs")
 
 
-def binary_gibbs(log_prob: Callable[[Tensor], Tensor], x: Tensor, missing: Tensor, iterations: int,
-                 generator: torch.Generator | None) -> Tensor:
+# ``progress(done, total)``: told after each of the ``total`` iterations of an imputation (task=impute's bar).
+Progress = Callable[[int, int], None]
+
+
+def iterations(total: int, progress: Progress) -> Iterator[int]:
+    """range(total), telling ``progress`` of each iteration done."""
+    for i in range(total):
+        yield i
+        progress(i + 1, total)
+
+
+def binary_gibbs(log_prob: Callable[[Tensor], Tensor], x: Tensor, missing: Tensor, sweeps: int,
+                 generator: torch.Generator | None, progress: Progress) -> Tensor:
     """Gibbs sampling of binary missing pixels: each in turn redrawn from its full conditional
-    p(x_d | x_-d) = sigmoid(log p(x with x_d = 1) - log p(x with x_d = 0)), computed exactly."""
+    p(x_d | x_-d) = sigmoid(log p(x with x_d = 1) - log p(x with x_d = 0)), computed exactly; ``sweeps``
+    passes over the missing pixels."""
     current = x.clone()
     flat, free = current.view(len(x), -1), missing.reshape(len(x), -1)
-    for _ in range(iterations):
+    for _ in iterations(sweeps, progress):
         for d in free.any(0).nonzero().flatten().tolist():
             flat[:, d] = 1.0
             log_p1 = log_prob(current)
@@ -193,19 +210,34 @@ class GenerativeModel(pl.LightningModule):
         raise NotImplementedError
 
     @torch.no_grad()
-    def impute(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-               generator: torch.Generator | None = None) -> Tensor:
+    def impute(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None = None,
+               progress: Progress | None = None) -> Tensor:
         """``x`` with its ``missing`` pixels (a boolean mask of its shape) drawn from the model given the others,
-        by one of its ``imputation_methods``; the observed pixels are returned exactly as given."""
-        if method not in self.imputation_methods:
-            raise DgmrunError(f"impute.method={method}: model {type(self).__name__} imputes by "
+        by ``settings.method``, one of its ``imputation_methods``, with the other keys of the run's ``impute``
+        group (a ``dgmrun.schema.ImputeConfig`` from Python); the observed pixels are returned exactly as given.
+        ``progress(done, total)`` is told of each iteration of the sampler."""
+        if settings.method not in self.imputation_methods:
+            raise DgmrunError(f"impute.method={settings.method}: model {type(self).__name__} imputes by "
                               f"{', '.join(self.imputation_methods) or 'no method (it has no conditional sampler)'}")
-        return torch.where(missing, self.impute_missing(x, missing, method, iterations, generator), x)
+        drawn = self.impute_missing(x, missing, settings, generator, progress or (lambda done, total: None))
+        return torch.where(missing, drawn, x)
 
-    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-                       generator: torch.Generator | None) -> Tensor:
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
         """The imputation behind ``impute``; only its missing pixels are used."""
         raise NotImplementedError
+
+    def imputation_protocol(self, settings: Any) -> str:
+        """How ``impute`` draws with these settings, for the protocol string of ``task=impute``."""
+        if settings.method == "exact":
+            return "exact (the missing pixels drawn in raster order given the pixels before them)"
+        return f"{settings.method}, {settings.iterations} iterations"
+
+    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
+        """Per-example log p(x_missing | x_observed) in nats of the true pixels ``x``, and what it is ("exact",
+        "estimate (...)"); None where the model does not give it (for this mask). ``completed``, an imputation
+        of ``x``, may serve an estimate as its proposal."""
+        return None
 
     def sampler(self, classes: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None
                 ) -> Callable[[int, torch.Generator | None], Tensor]:

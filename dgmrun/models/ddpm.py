@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmrun.models.base import GenerativeModel, sample_labels
+from dgmrun.errors import DgmrunError
+from dgmrun.models.base import GenerativeModel, Progress, iterations, sample_labels
 from dgmrun.models.ema import EMA
 from dgmrun.nets.unet import MLPDenoiser, UNet
 
@@ -264,23 +265,86 @@ class DDPM(GenerativeModel):
                       sampler: str, eta: float, guidance: float) -> Tensor:
         """From x at timesteps[0] down to x_0. One fresh N(0, I) draw per step into a step t > 0, for both
         samplers, so that they can be compared under one noise sequence."""
-        d = self.diffusion
         # Long chains (the 1,000 DDPM steps) get a progress bar on a terminal.
         steps = tqdm(timesteps, desc=f"{sampler} sampling", leave=False, disable=len(timesteps) < 100 or None)
         for i, t in enumerate(steps):
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
-            x0, eps = self.denoise(x, tt, y, guidance)
             noise = torch.randn(x.shape, device=x.device, generator=generator) if s >= 0 else torch.zeros_like(x)
-            if sampler == "ddpm":
-                mean, _ = d.q_posterior(x0, x, tt)
-                x = mean + (0.5 * d.reverse_log_variance(tt, x, self.sigma)).exp() * noise if t > 0 else mean
-            else:  # DDIM, eq. 12 of Song et al.: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z
-                ab_t = d.alpha_bar[t]
-                ab_s = d.alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
-                sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
-                x = ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+            x = self.reverse_step(x, t, s, y, sampler, eta, guidance, noise)
         return x
+
+    def reverse_step(self, x: Tensor, t: int, s: int, y: Tensor | None, sampler: str, eta: float, guidance: float,
+                     noise: Tensor) -> Tensor:
+        """x at timestep s < t (-1: the data) from x at t: DDPM's p(x_{t-1} | x_t) (s = t - 1), or DDIM's step."""
+        d = self.diffusion
+        tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
+        x0, eps = self.denoise(x, tt, y, guidance)
+        if sampler == "ddpm":
+            mean, _ = d.q_posterior(x0, x, tt)
+            return mean + (0.5 * d.reverse_log_variance(tt, x, self.sigma)).exp() * noise if t > 0 else mean
+        # DDIM, eq. 12 of Song et al.: x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z
+        ab_t = d.alpha_bar[t]
+        ab_s = d.alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
+        sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
+        return ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+
+    # ------------------------------------------------------------------ inpainting
+    imputation_methods = ("repaint",)
+
+    @staticmethod
+    def repaint_path(n: int, jump: int, resamplings: int) -> list[int]:
+        """The positions RePaint visits along a reverse chain of n steps (position p: before step p; n: the
+        data), as Lugmayr et al.'s ``get_schedule_jump``: down one at a time, and at every ``jump``-th position
+        (counted from the data's end, more than ``jump`` from the start) back up ``jump`` positions,
+        ``resamplings`` - 1 times."""
+        jumps_left = {n - m * jump: resamplings - 1 for m in range(n // jump + 1) if n - m * jump > jump}
+        path, p = [0], 0
+        while p < n:
+            p += 1
+            path.append(p)
+            if jumps_left.get(p, 0) > 0:
+                jumps_left[p] -= 1
+                path.extend(range(p - 1, p - jump - 1, -1))
+                p -= jump
+        return path
+
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
+        """RePaint (Lugmayr et al. 2022): the reverse chain from noise, where after every step the known pixels
+        are replaced by a draw of q(x_s | x_0) at the step's timestep, and which goes back by the forward chain
+        q(x_t | x_s) to resample (``settings.resamplings``, ``settings.jump``), so that the drawn pixels come to
+        agree with the known ones. Over all T timesteps (DDPM's ancestral steps), or ``settings.steps`` of them
+        (DDIM with eta = 1: the ancestral sampler of the respaced chain)."""
+        y = None
+        if self.num_classes:
+            if self.p_uncond <= 0:
+                raise DgmrunError("task=impute: this class-conditional DDPM was trained without a null label "
+                                  "(model.p_uncond=0), and imputation has no labels to give it")
+            y = torch.full((len(x),), self.num_classes, device=x.device, dtype=torch.long)
+        sampler, eta = ("ddpm", 0.0) if settings.steps is None else ("ddim", 1.0)
+        timesteps = self.timesteps(sampler, settings.steps) + [-1]  # the timestep at each position; -1: the data
+        d = self.diffusion
+        x0 = self.to_model_space(x)
+        randn = lambda: torch.randn(x.shape, device=x.device, generator=generator)  # noqa: E731
+        current = randn()
+        path = self.repaint_path(len(timesteps) - 1, settings.jump, settings.resamplings)
+        with self.averaged_weights():
+            for i in iterations(len(path) - 1, progress):
+                t, s = timesteps[path[i]], timesteps[path[i + 1]]
+                if path[i + 1] > path[i]:  # a reverse step, then the known pixels from q(x_s | x_0)
+                    noise = randn() if s >= 0 else torch.zeros_like(x)
+                    drawn = self.reverse_step(current, t, s, y, sampler, eta, 1.0, noise)
+                    known = d.q_sample(x0, torch.full((len(x),), s, device=x.device), randn()) if s >= 0 else x0
+                    current = torch.where(missing, drawn, known)
+                else:  # back up by the forward chain: q(x_s | x_t) = N(sqrt(abar_s / abar_t) x_t, (1 - abar_s / abar_t) I)
+                    ratio = d.alpha_bar[s] / (d.alpha_bar[t] if t >= 0 else 1.0)
+                    current = ratio.sqrt() * current + (1 - ratio).sqrt() * randn()
+        return self.to_data_space(current)
+
+    def imputation_protocol(self, settings: Any) -> str:
+        steps = len(self.timesteps("ddpm" if settings.steps is None else "ddim", settings.steps))
+        return (f"repaint over {steps} timesteps, jump {settings.jump}, {settings.resamplings} resamplings"
+                + (", EMA weights" if self.ema is not None else ""))
 
     # ------------------------------------------------------------------ the variational bound
     @property

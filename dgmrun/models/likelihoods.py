@@ -2,7 +2,7 @@
 
 A decoder emits ``num_params`` numbers per data dimension, stacked along dim 1 (channels for images,
 features for points). ``log_prob`` returns the per-example log-likelihood in nats, summed over all
-dimensions. ``is_mass`` says whether that is the log of a probability mass (Bernoulli, discretized
+dimensions (or over those of a mask: the observed pixels of an image, for imputation). ``is_mass`` says whether that is the log of a probability mass (Bernoulli, discretized
 logistic: NLL and bits/dim are the numbers papers report) or of a density (Gaussian: NLL only, as
 bits/dim of a density mean nothing and can be negative).
 """
@@ -24,7 +24,13 @@ class Likelihood:
     num_params = 1
     is_mass = False  # whether log_prob is a log probability mass (True) or a log density
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+    def log_prob(self, params: Tensor, x: Tensor, where: Tensor | None = None) -> Tensor:
+        """Per-example log p(x | params), summed over the dimensions (those where ``where`` is True)."""
+        elements = self.log_prob_elements(params, x)
+        return _sum_per_example(elements if where is None else torch.where(where, elements, 0.0))
+
+    def log_prob_elements(self, params: Tensor, x: Tensor) -> Tensor:
+        """log p(x_d | params) of every dimension d, in x's shape (the dimensions are independent given params)."""
         raise NotImplementedError
 
     def mean(self, params: Tensor) -> Tensor:
@@ -39,8 +45,8 @@ class Bernoulli(Likelihood):
 
     is_mass = True
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        return -_sum_per_example(F.binary_cross_entropy_with_logits(params, x, reduction="none"))
+    def log_prob_elements(self, params: Tensor, x: Tensor) -> Tensor:
+        return -F.binary_cross_entropy_with_logits(params, x, reduction="none")
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
@@ -68,7 +74,7 @@ class DiscretizedLogistic(Likelihood):
         loc, log_scale = params.chunk(2, dim=1)
         return loc, log_scale.clamp(min=-7.0)
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+    def log_prob_elements(self, params: Tensor, x: Tensor) -> Tensor:
         loc, log_scale = self._split(params)
         y = 2 * x - 1
         centered = y - loc
@@ -84,8 +90,7 @@ class DiscretizedLogistic(Likelihood):
         log_mass = torch.where(mass > 1e-5, torch.log(mass.clamp(min=1e-12)),
                                log_density_mid + math.log(2 * self.half_bin))
         edge = 0.5 * self.half_bin
-        log_p = torch.where(y < -1 + edge, log_cdf_upper, torch.where(y > 1 - edge, log_survival_lower, log_mass))
-        return _sum_per_example(log_p)
+        return torch.where(y < -1 + edge, log_cdf_upper, torch.where(y > 1 - edge, log_survival_lower, log_mass))
 
     def mean(self, params: Tensor) -> Tensor:
         loc, _ = self._split(params)
@@ -111,10 +116,10 @@ class Gaussian(Likelihood):
         loc, log_std = params.chunk(2, dim=1)
         return loc, log_std.clamp(min=-9.0, max=5.0)
 
-    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+    def log_prob_elements(self, params: Tensor, x: Tensor) -> Tensor:
         loc, log_std = self._split(params)
         z = (x - loc) * torch.exp(-log_std)
-        return _sum_per_example(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi))
+        return -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
 
     def mean(self, params: Tensor) -> Tensor:
         return self._split(params)[0]

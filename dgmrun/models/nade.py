@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.base import GenerativeModel, binary_gibbs, require_missing_last
+from dgmrun.models.base import GenerativeModel, Progress, binary_gibbs, missing_last, require_missing_last
 
 
 class NADE(GenerativeModel):
     imputation_methods = ("exact", "gibbs")
+
     def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, optimizer: dict[str, Any],
                  scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
@@ -49,7 +50,11 @@ class NADE(GenerativeModel):
         N×D×H hidden pre-activations of a 500-example test batch would take gigabytes."""
         if not torch.is_grad_enabled() and len(x) > 64:
             return torch.cat([self.log_likelihood(chunk) for chunk in x.split(64)])
-        return -F.binary_cross_entropy_with_logits(self.logits(x), x.flatten(1), reduction="none").sum(1)
+        return self.log_conditionals(x).sum(1)
+
+    def log_conditionals(self, x: Tensor) -> Tensor:
+        """log p(x_d | x_<d) of every dimension, (N, D)."""
+        return -F.binary_cross_entropy_with_logits(self.logits(x), x.flatten(1), reduction="none")
 
     # ------------------------------------------------------------------ Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -79,11 +84,20 @@ class NADE(GenerativeModel):
             a += v[:, i : i + 1] * self.W[i]
         return v.view(len(v), *self.data_info.shape)
 
-    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-                       generator: torch.Generator | None) -> Tensor:
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
         """``exact``: the missing dimensions drawn in order given the observed ones before them (the exact
-        conditional for a ``bottom`` mask); ``gibbs``: each missing dimension redrawn from its full conditional."""
-        if method == "exact":
+        conditional for a ``bottom`` mask); ``gibbs``: each missing dimension redrawn from its full conditional,
+        ``settings.iterations`` sweeps."""
+        if settings.method == "exact":
             require_missing_last(missing)
             return self._ancestral(x.flatten(1), missing.flatten(1), generator)
-        return binary_gibbs(self.log_likelihood, x, missing, iterations, generator)
+        return binary_gibbs(self.log_likelihood, x, missing, settings.iterations, generator, progress)
+
+    @torch.no_grad()
+    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
+        """Exact when the missing dimensions come last: the sum of their log p(x_d | x_<d)."""
+        if not missing_last(missing):
+            return None
+        per_dim = torch.cat([self.log_conditionals(chunk) for chunk in x.split(64)])
+        return (per_dim * missing.flatten(1)).sum(1), "exact"

@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgmrun.errors import DgmrunError
-from dgmrun.models.base import GenerativeModel, binary_gibbs, require_missing_last
+from dgmrun.models.base import (GenerativeModel, Progress, binary_gibbs, iterations, missing_last,
+                                require_missing_last)
 from dgmrun.nets.masked import PixelCNNNet
 
 
 class PixelCNN(GenerativeModel):
     imputation_methods = ("exact", "gibbs")
+
     def __init__(self, data_info: dict[str, Any], *, channels: int, num_layers: int, kernel_size: int, gated: bool,
                  conditional: bool, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
@@ -51,11 +53,15 @@ class PixelCNN(GenerativeModel):
         return out.view(n, -1, self.levels, h, w)
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.log_conditionals(x, labels).flatten(1).sum(1)
+
+    def log_conditionals(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """log p(x_cij | the pixels before ij) of every pixel and channel, (N, C, H, W)."""
         logits = self.logits(x, labels)
         if self.levels == 2:
-            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         target = torch.round(x * (self.levels - 1)).long()
-        return -F.cross_entropy(logits.transpose(1, 2), target, reduction="none").flatten(1).sum(1)
+        return -F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
 
     # ------------------------------------------------------------------ Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -97,11 +103,13 @@ class PixelCNN(GenerativeModel):
         everything = torch.ones(n, c, h, w, dtype=torch.bool, device=self.device)
         return self._ancestral(torch.zeros(n, c, h, w, device=self.device), everything, labels, generator)
 
-    def _ancestral(self, x: Tensor, drawn: Tensor, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        """Pixel by pixel in raster order: x_ij ~ p(x_ij | the pixels before it) where ``drawn``, else kept."""
+    def _ancestral(self, x: Tensor, drawn: Tensor, labels: Tensor | None, generator: torch.Generator | None,
+                   progress: Progress = lambda done, total: None) -> Tensor:
+        """Pixel by pixel in raster order: x_ij ~ p(x_ij | the pixels before it) where ``drawn``, else kept
+        (``progress`` told of each row)."""
         x = x.clone()
         n, c, h, w = x.shape
-        for i in range(h):
+        for i in iterations(h, progress):
             for j in range(w):
                 if not drawn[:, :, i, j].any():
                     continue
@@ -114,19 +122,27 @@ class PixelCNN(GenerativeModel):
                 x[:, :, i, j] = torch.where(drawn[:, :, i, j], value, x[:, :, i, j])
         return x
 
-    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-                       generator: torch.Generator | None) -> Tensor:
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
         """``exact``: the missing pixels drawn in raster order given the pixels before them (the exact
         conditional for a ``bottom`` mask); ``gibbs`` (binary images): each missing pixel redrawn from its
-        full conditional. The class-conditional model is refused: imputation has no labels to give it."""
+        full conditional, ``settings.iterations`` sweeps. The class-conditional model is refused: imputation has
+        no labels to give it."""
         if self.conditional:
             raise DgmrunError("task=impute: the class-conditional PixelCNN needs the images' labels, which "
                               "imputation does not use; impute with an unconditional PixelCNN")
-        if method == "exact":
+        if settings.method == "exact":
             require_missing_last(missing.any(1))  # (all channels of a pixel are drawn at once)
-            return self._ancestral(x, missing, None, generator)
+            return self._ancestral(x, missing, None, generator, progress)
         if self.levels != 2:
             raise DgmrunError(f"impute.method=gibbs: for {self.levels} grey levels each pixel's full conditional "
                               f"costs {self.levels} passes of the network; binarize the data (or use impute.mask=bottom "
                               "with impute.method=exact)")
-        return binary_gibbs(self.log_prob, x, missing, iterations, generator)
+        return binary_gibbs(self.log_prob, x, missing, settings.iterations, generator, progress)
+
+    @torch.no_grad()
+    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
+        """Exact when the missing pixels come last in raster order: the sum of their log conditionals."""
+        if self.conditional or not missing_last(missing.any(1)):
+            return None
+        return (self.log_conditionals(x) * missing).flatten(1).sum(1), "exact"

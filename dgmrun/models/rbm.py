@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmrun.metrics.likelihood import ais_log_partition, bernoulli, raise_log_likelihood
-from dgmrun.models.base import GenerativeModel, reconstruction_grid
+from dgmrun.models.base import GenerativeModel, Progress, iterations, reconstruction_grid
 
 AIS_SEED = 1234  # fixed, so task=eval gives the same log Z (and RAISE) for the same checkpoint and settings
 
@@ -103,11 +103,12 @@ class RBM(GenerativeModel):
             v = self.sample_visible(bernoulli(self.hidden_probs(v), generator), generator)
         return v
 
-    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-                       generator: torch.Generator | None) -> Tensor:
-        """Gibbs sampling with the observed visibles clamped: h ~ p(h | v), then the missing v ~ p(v | h)."""
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
+        """Gibbs sampling with the observed visibles clamped: h ~ p(h | v), then the missing v ~ p(v | h);
+        ``settings.iterations`` steps."""
         v, clamped, free = x.flatten(1), x.flatten(1), missing.flatten(1)
-        for _ in range(iterations):
+        for _ in iterations(settings.iterations, progress):
             v = torch.where(free, self.sample_visible(bernoulli(self.hidden_probs(v), generator), generator), clamped)
         return v.view_as(x)
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmrun.models.base import GenerativeModel, reconstruction_grid
+from dgmrun.models.base import GenerativeModel, Progress, iterations, reconstruction_grid
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
@@ -30,9 +30,14 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
+def prior_log_density(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
 class VAE(GenerativeModel):
     likelihood_kind = "estimate"
-    imputation_methods = ("pseudo_gibbs",)
+    imputation_methods = ("pseudo_gibbs", "metropolis_within_gibbs")
 
     def __init__(self, data_info: dict[str, Any], *, latent_dim: int, arch: str, hidden_dims: Sequence[int],
                  channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
@@ -83,7 +88,7 @@ class VAE(GenerativeModel):
         eps = torch.randn(num_samples, *mu.shape, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps
         log_q = gaussian_log_density(z, mu, logvar)
-        log_prior = -0.5 * (LOG_2PI + z**2).sum(-1)
+        log_prior = prior_log_density(z)
         x_rep = x.expand(num_samples, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = self.likelihood.log_prob(self.decode(z.reshape(-1, self.latent_dim)), x_rep).view(num_samples, -1)
         return log_px_z + log_prior - log_q
@@ -135,16 +140,65 @@ class VAE(GenerativeModel):
             return self.likelihood.mean(params)
         return self.likelihood.sample(params, generator)
 
-    def impute_missing(self, x: Tensor, missing: Tensor, method: str, iterations: int,
-                       generator: torch.Generator | None) -> Tensor:
-        """Pseudo-Gibbs (Rezende et al. 2014): z ~ q(z | x), the missing pixels set to the decoder's output for
-        z (its mean for images), the observed ones kept; ``iterations`` times."""
+    def posterior_draw(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """z ~ q(z | x), with the mean and log-variance of q."""
+        mu, logvar = self.encode(x)
+        return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device), mu, logvar
+
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
+        """``pseudo_gibbs`` (Rezende et al. 2014): z ~ q(z | x), the missing pixels set to the decoder's output
+        for z (its mean for images, as in the lectures' protocol), the observed ones kept.
+        ``metropolis_within_gibbs`` (Mattei & Frellsen 2018): a Markov chain whose stationary distribution is
+        exactly p(z, x_missing | x_observed): z' ~ q(z | x) is proposed for the current completion x and
+        accepted with probability min(1, p(x, z') q(z | x) / (p(x, z) q(z' | x))), then x_missing ~ p(x_missing | z);
+        the imputation is the decoder's output at the chain's last z (its mean for images, as for pseudo-Gibbs:
+        pixels drawn from it are draws of the exact conditional). ``settings.iterations`` steps of either."""
         current = x
-        for _ in range(iterations):
-            mu, logvar = self.encode(current)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
-            current = torch.where(missing, self._to_data(self.decode(z), generator), x)
-        return current
+        if settings.method == "pseudo_gibbs":
+            for _ in iterations(settings.iterations, progress):
+                z, _, _ = self.posterior_draw(current, generator)
+                current = torch.where(missing, self._to_data(self.decode(z), generator), x)
+            return current
+        z = params = None
+        for _ in iterations(settings.iterations, progress):
+            proposal, mu, logvar = self.posterior_draw(current, generator)
+            proposal_params = self.decode(proposal)
+            log_w = self.likelihood.log_prob(proposal_params, current) + prior_log_density(proposal) \
+                - gaussian_log_density(proposal, mu, logvar)
+            if z is None:  # the chain starts at its first proposal
+                z, params, accept = proposal, proposal_params, torch.ones_like(log_w, dtype=torch.bool)
+            else:
+                log_w_now = self.likelihood.log_prob(params, current) + prior_log_density(z) \
+                    - gaussian_log_density(z, mu, logvar)
+                u = torch.rand(log_w.shape, generator=generator, device=log_w.device)
+                accept = torch.log(u) < log_w - log_w_now
+            z = torch.where(accept[:, None], proposal, z)
+            params = torch.where(accept.view(-1, *[1] * (params.dim() - 1)), proposal_params, params)
+            current = torch.where(missing, self.likelihood.sample(params, generator), x)
+        return self._to_data(params, generator) if params is not None else x
+
+    @torch.no_grad()
+    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str]:
+        """log p(x_m | x_o) by self-normalised importance sampling, with z_k ~ q(z | ``completed``) (an imputation):
+        log sum_k w_k p(x_m | z_k) - log sum_k w_k, w_k = p(x_o | z_k) p(z_k) / q(z_k | completed); a consistent
+        estimate (exact as k grows), with k = eval.num_importance_samples."""
+        k = int(self.eval_settings["num_importance_samples"])
+        chunk = max(1, 20_000 // len(x))  # decoder batches of ~20k examples, as in log_likelihood
+        mu, logvar = self.encode(completed)
+        log_w, log_missing = [], []
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(n, *mu.shape, device=mu.device)
+            params = self.decode(z.reshape(-1, self.latent_dim))
+            x_rep = x.expand(n, *x.shape).reshape(-1, *x.shape[1:])
+            missing_rep = missing.expand(n, *missing.shape).reshape(-1, *missing.shape[1:])
+            log_w.append(self.likelihood.log_prob(params, x_rep, ~missing_rep).view(n, -1) + prior_log_density(z)
+                         - gaussian_log_density(z, mu, logvar))
+            log_missing.append(self.likelihood.log_prob(params, x_rep, missing_rep).view(n, -1))
+        log_w = torch.cat(log_w)
+        estimate = torch.logsumexp(log_w + torch.cat(log_missing), 0) - torch.logsumexp(log_w, 0)
+        return estimate, f"estimate (self-normalised importance sampling, k={k})"
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

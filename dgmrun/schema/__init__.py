@@ -120,10 +120,15 @@ class ImputeConfig:
     p: float = 0.5
     file: Optional[str] = None  # mask=file: a PNG of the images' size whose black pixels are missing
     fill: str = "noise"  # what stands in the missing pixels at the start: uniform noise (the lectures' protocol) | zeros
-    # one of the model's imputation_methods (auto: its first): VAE pseudo_gibbs; RBM gibbs; NADE, PixelCNN exact
-    # (mask=bottom) or gibbs
+    # one of the model's imputation_methods (auto: its first): VAE pseudo_gibbs or metropolis_within_gibbs; RBM
+    # gibbs; NADE, PixelCNN exact (mask=bottom) or gibbs; DDPM repaint
     method: str = "auto"
-    iterations: int = 100  # of the conditional sampler (the lectures' protocol: 100)
+    iterations: int = 100  # of the conditional sampler (the lectures' protocol: 100; Gibbs: sweeps)
+    # DDPM's repaint (Lugmayr et al. 2022): the reverse chain over all T timesteps, or this many evenly spaced
+    # ones; every `jump` steps it goes back `jump` steps by the forward chain, `resamplings` - 1 times (1: none)
+    steps: Optional[int] = None
+    resamplings: int = 10
+    jump: int = 10
     num_samples: int = 1  # imputations per image; the error figures use their mean
     num_examples: int = 0  # test images imputed (0: the whole test split)
     batch_size: int = 500
@@ -137,8 +142,9 @@ class ImputeConfig:
         require(self.mask != "file" or self.file is not None, "impute.mask=file needs impute.file=<PNG of the mask>")
         for key in ("iterations", "num_examples"):
             require(getattr(self, key) >= 0, f"impute.{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("num_samples", "batch_size"):
+        for key in ("num_samples", "batch_size", "resamplings", "jump"):
             require(getattr(self, key) >= 1, f"impute.{key} must be >= 1, got {getattr(self, key)}")
+        require(self.steps is None or self.steps >= 2, f"impute.steps must be >= 2 (or null: all), got {self.steps}")
 
 
 @dataclass

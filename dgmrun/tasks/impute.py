@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from dgmrun.checkpoint import model_from_checkpoint
 from dgmrun.data.masks import fill_missing, pixel_mask
@@ -19,7 +20,7 @@ from dgmrun.errors import DgmrunError
 from dgmrun.files import atomic_open
 from dgmrun.io import picture, save_png, to_uint8
 from dgmrun.metrics.features import data_checksum, evaluator_path, load_classifier
-from dgmrun.models.base import GenerativeModel
+from dgmrun.models.base import GenerativeModel, Progress
 from dgmrun.tasks.common import config_from_checkpoint, pick_device, run_dir, write_run_files
 
 log = logging.getLogger("dgmrun")
@@ -32,7 +33,7 @@ def impute(cfg: DictConfig) -> float:
     settings = cfg.impute
     device = pick_device(cfg)
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.model).to(device).eval()
-    method = refuse_what_cannot_impute(model, settings.method)
+    settings.method = method_of(model, settings.method)
     datamodule = instantiate(cfg.data, _convert_="all")
     x, y = datamodule.split_tensors("test")
     if settings.num_examples:
@@ -41,15 +42,25 @@ def impute(cfg: DictConfig) -> float:
     missing = pixel_mask(settings.mask, tuple(x.shape[1:]), settings.size, settings.p, settings.file, generator, len(x))
     corrupted = fill_missing(x, missing, settings.fill, generator)
     imputed = torch.zeros_like(x)
+    log_p_missing: list[Tensor] = []
     device_generator = torch.Generator(device).manual_seed(settings.seed)
-    for start in range(0, len(x), settings.batch_size):
-        part = slice(start, start + settings.batch_size)
-        draws = [model.impute(corrupted[part].to(device), missing[part].to(device), method, settings.iterations,
-                              device_generator).cpu() for _ in range(settings.num_samples)]
-        imputed[part] = torch.stack(draws).mean(0)
+    batches = range(0, len(x), settings.batch_size)
+    with IterationBar(len(batches) * settings.num_samples, settings.method) as bar:
+        for start in batches:
+            part = slice(start, start + settings.batch_size)
+            originals, where = x[part].to(device), missing[part].to(device)
+            draws = [model.impute(corrupted[part].to(device), where, settings, device_generator, bar.next_run())
+                     for _ in range(settings.num_samples)]
+            imputed[part] = torch.stack(draws).mean(0).cpu()
+            given = model.missing_log_likelihood(originals, where, draws[0])
+            if given is not None:
+                log_p_missing.append(given[0].cpu())
+                nll_missing_kind = given[1]
     metrics = {"impute/mse": squared_error(x, imputed, missing), "impute/mse_corrupted": squared_error(x, corrupted, missing),
                "impute/missing_fraction": missing.float().mean().item(), "impute/num_examples": len(x),
-               "impute/protocol": protocol(settings, method)}
+               "impute/protocol": protocol(settings, model)}
+    if log_p_missing:  # -log p(x_missing | x_observed) per image, and what kind of number it is
+        metrics.update({"impute/nll_missing": -torch.cat(log_p_missing).mean().item(), "impute/nll_missing_kind": nll_missing_kind})
     metrics.update(classifier_errors(datamodule, cfg, {"clean": x, "corrupted": corrupted, "imputed": imputed}, y))
     out = run_dir(cfg)
     with atomic_open(out / "imputed.npz", "wb") as f:
@@ -60,12 +71,36 @@ def impute(cfg: DictConfig) -> float:
     return metrics["impute/mse"]
 
 
-def refuse_what_cannot_impute(model: GenerativeModel, method: str) -> str:
+class IterationBar:
+    """A progress bar over the iterations of every imputation (``runs`` calls of ``model.impute``), on a terminal."""
+
+    def __init__(self, runs: int, method: str):
+        self.runs, self.run = runs, -1
+        self.bar = tqdm(desc=f"impute ({method})", unit="it", disable=None, leave=False)
+
+    def next_run(self) -> Progress:
+        self.run += 1
+        return self.tick
+
+    def tick(self, done: int, total: int) -> None:
+        if self.bar.total is None:
+            self.bar.total = self.runs * total
+        self.bar.update(self.run * total + done - self.bar.n)
+
+    def __enter__(self) -> "IterationBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def method_of(model: GenerativeModel, method: str) -> str:
     """The method to impute by (``auto``: the model's first); a model without a conditional sampler is refused."""
     if not model.imputation_methods:
         raise DgmrunError(f"model {type(model).__name__} cannot impute: it has no conditional sampler (models that "
-                          "can: vae, iwae, beta_vae by pseudo-Gibbs; rbm by clamped Gibbs; nade, pixelcnn exactly "
-                          "for impute.mask=bottom, by Gibbs from the full conditionals otherwise)")
+                          "can: vae, iwae, beta_vae by pseudo-Gibbs or Metropolis-within-Gibbs; rbm by clamped Gibbs; "
+                          "nade, pixelcnn exactly for impute.mask=bottom, by Gibbs from the full conditionals "
+                          "otherwise; ddpm by RePaint)")
     return model.imputation_methods[0] if method == "auto" else method
 
 
@@ -74,11 +109,11 @@ def squared_error(x: Tensor, other: Tensor, missing: Tensor) -> float:
     return ((x - other)[missing] ** 2).mean().item() if missing.any() else 0.0
 
 
-def protocol(settings: DictConfig, method: str) -> str:
+def protocol(settings: DictConfig, model: GenerativeModel) -> str:
     mask = {"center": f"center {settings.size}x{settings.size}", "columns": f"columns {settings.size} px",
             "random": f"random p={settings.p}", "file": f"file {Path(str(settings.file)).name}"}.get(settings.mask,
                                                                                                   settings.mask)
-    return (f"mask {mask}; fill {settings.fill}; method {method}, {settings.iterations} iterations, "
+    return (f"mask {mask}; fill {settings.fill}; method {model.imputation_protocol(settings)}; "
             f"mean of {settings.num_samples} imputations; seed {settings.seed}")
 
 
