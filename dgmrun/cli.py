@@ -35,6 +35,10 @@ from dgmrun.schema import validate
 # (which advises `+key=value` for a misspelled key); unset once the task runs (see _hydra_main).
 FULL_ERROR = "HYDRA_FULL_ERROR"
 _raising_hydra_errors = False
+# Set once a job of this sweep was refused: the sweeper re-raises that refusal after its batch, which must
+# reach main() too, so FULL_ERROR is set again between jobs (but not during a job: its own environment,
+# and that of processes it starts, is the user's).
+_refused_in_sweep = False
 
 
 class SweepDirRecorder(Callback):
@@ -49,7 +53,10 @@ class SweepDirRecorder(Callback):
 
 @hydra.main(version_base="1.3", config_path="pkg://dgmrun.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> Any:
+    global _refused_in_sweep
     _report_task_errors_as_hydra_does()
+    if _refused_in_sweep:
+        os.environ.pop(FULL_ERROR, None)
     try:
         validate(cfg)
         check_accelerator(cfg)
@@ -67,7 +74,7 @@ def _hydra_main(cfg: DictConfig) -> Any:
             _log_to_run_file(f"dgmrun: error: {bad_input}")
         if multirun:
             # The sweeper records this job as failed, runs the rest of its batch, then re-raises: to main().
-            os.environ[FULL_ERROR] = "1"
+            _refused_in_sweep = True
             raise bad_input from None
         sys.exit(1)
     except OSError as error:  # a write not of the run's own files (a logger's, say) on a full or read-only disk
@@ -76,6 +83,9 @@ def _hydra_main(cfg: DictConfig) -> Any:
         sys.exit(1)  # in a sweep too: the next jobs would meet the same disk
     except signals.Stopped as stop:  # SIGTERM or Ctrl-C: ends a sweep too (see dgmrun.signals)
         _exit_stopped(stop, _resume_hint(cfg))
+    finally:
+        if _refused_in_sweep:
+            os.environ[FULL_ERROR] = "1"
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@ agrees with what the loaders produce."""
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 
 import pytest
@@ -239,16 +240,22 @@ def test_constructors_have_no_defaults_of_their_own():
         assert not with_defaults, (target, with_defaults)
 
 
-def test_the_tasks_of_one_slurm_step_share_a_run_dir(monkeypatch):
-    """``srun dgmrun ...`` with several tasks starts the command once per rank, seconds apart: one run dir."""
+def test_the_tasks_of_one_slurm_job_share_a_run_dir_and_its_commands_do_not(monkeypatch):
+    """``srun dgmrun ...`` with several tasks starts the command once per rank, seconds apart, and a requeued
+    job starts it again: one run dir (by job, step and command line); another command of the job: another dir."""
     import re
 
     from dgmrun.schema import run_stamp
 
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", run_stamp())
+    monkeypatch.setattr(sys, "argv", ["dgmrun", "model=vae", "seed=0"])
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_STEP_ID", "3")
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: dgmrun run twice in one allocation needs two dirs
-    assert run_stamp() != "slurm-77.3"
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert run_stamp() == "slurm-77.3"
+    first = run_stamp()
+    assert re.fullmatch(r"slurm-77\.3-[0-9a-f]{6}", first) and run_stamp() == first
+    monkeypatch.setattr(sys, "argv", ["dgmrun", "model=vae", "seed=1"])
+    assert run_stamp() != first and run_stamp().startswith("slurm-77.3-")
+    monkeypatch.delenv("SLURM_STEP_ID")  # dgmrun in the batch script itself
+    assert re.fullmatch(r"slurm-77-[0-9a-f]{6}", run_stamp())
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # a shell on a node: runs as anywhere else
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", run_stamp())

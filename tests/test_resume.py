@@ -133,6 +133,24 @@ def assert_resume_is_exact(tmp_path, monkeypatch, overrides, budget, kill_after,
     assert csv_rows(parts) == csv_rows(whole)
 
 
+def test_a_requeued_slurm_job_resumes_from_its_run_dir(tmp_path, monkeypatch):
+    """A SLURM job started again after a preemption (the same command: the same run dir, see
+    ``dgmrun.schema.run_stamp``) resumes from the last checkpoint there without being told, and ends as the
+    uninterrupted run."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(whole, *VAE, "trainer.max_epochs=2")
+    killed(monkeypatch, parts, 13, True, *VAE, "trainer.max_epochs=2")
+    counter = KillAt(batches=-1, save=False)  # counts the batches trained, kills none
+    real = train_task.make_trainer
+    monkeypatch.setattr(train_task, "make_trainer", lambda cfg, callbacks, **kw: real(cfg, [*callbacks, counter], **kw))
+    train(parts, *VAE, "trainer.max_epochs=2")  # the requeued job's start
+    assert counter.seen == 20 - 13  # the rest of the 2 epochs of 10 batches, not a new start
+    assert_same_weights(whole / "checkpoints" / "last.ckpt", parts / "checkpoints" / "last.ckpt")
+    assert metrics(parts) == metrics(whole)
+    assert csv_rows(parts) == csv_rows(whole)
+
+
 def test_trainer_options_on_the_command_line_extend_the_budget(tmp_path):
     """... and TensorBoard goes on in the same dir: a second event file, its steps after the first's."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

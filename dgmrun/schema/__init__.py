@@ -9,7 +9,9 @@ without is refused), while a user's own ``_target_`` is passed through unchecked
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, fields
@@ -195,12 +197,15 @@ def register_declarations() -> None:
 
 
 def run_stamp() -> str:
-    """The run dir's name (conf/hydra/default.yaml): DATE/TIME; for a command that SLURM starts as several
-    tasks (``srun dgmrun ...``, one per rank), the job and step ids, the same for every task (each starts
-    the command itself, seconds apart) and for the job requeued after a preemption."""
-    job, step, tasks = (os.environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"))
-    if job and step and int(tasks or 1) > 1:
-        return f"slurm-{job}.{step}"
+    """The run dir's name (conf/hydra/default.yaml): DATE/TIME; inside a SLURM job, ``slurm-JOB[.STEP]-HASH``
+    (HASH: of the command line), the same for every task that SLURM starts the command as (``srun dgmrun ...``,
+    one per rank, seconds apart) and for the job started again after a preemption or time-out, which then
+    resumes from the checkpoints in it (``dgmrun.tasks.common.requeued_checkpoint``); different commands of
+    one job script get different dirs."""
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if job and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):  # not an interactive shell
+        command = hashlib.sha256("\0".join(sys.argv[1:]).encode()).hexdigest()[:6]
+        return f"slurm-{job}{f'.{step}' if step and step != 'batch' else ''}-{command}"
     return time.strftime("%Y-%m-%d/%H-%M-%S")
 
 

@@ -101,6 +101,20 @@ def run_dir_chosen() -> bool:
                                                      for o in hydra_cfg.overrides.hydra)
 
 
+def requeued_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint a train job of SLURM resumes from when it finds one in its own run dir: the job was
+    started again (requeued after a preemption or time-out, by submitit or by Lightning) and continues where
+    its first start stopped. Lightning's own ``hpc_ckpt_*.ckpt``, where it saved one, it loads by itself."""
+    out = run_dir(cfg)
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.task.name != "train" or not os.environ.get("SLURM_JOB_ID") or any(out.glob("hpc_ckpt_*.ckpt")):
+        return None
+    if last.is_file():
+        log.info("SLURM job %s resumes from %s, its run dir's last checkpoint", os.environ["SLURM_JOB_ID"], last)
+        return str(last)
+    return None
+
+
 def resumed_in_place(cfg: DictConfig) -> bool:
     """Whether this train run continues the run dir of its checkpoint (see ``continue_run``)."""
     ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None

@@ -18,7 +18,7 @@ from dgmrun.models.base import build_model
 from dgmrun.loggers import finish_loggers
 from dgmrun.metrics.samples import SampleScorer
 from dgmrun.tasks.common import (collect_test_metrics, config_from_checkpoint, make_trainer, name_logger_run,
-                                 resumed_in_place, run_dir, run_record, write_run_files)
+                                 requeued_checkpoint, resumed_in_place, run_dir, run_record, write_run_files)
 
 
 def has_validation_loss(model: pl.LightningModule) -> bool:
@@ -28,6 +28,8 @@ def has_validation_loss(model: pl.LightningModule) -> bool:
 def train(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` of the run (when set), the objective of searches."""
     resume_from = None
+    if cfg.ckpt_path is None:
+        cfg.ckpt_path = requeued_checkpoint(cfg)
     if cfg.ckpt_path is not None:  # resume: see "Resume" in the README
         cfg, _ = config_from_checkpoint(cfg)
         resume_from = cfg.ckpt_path  # validate() made it the checkpoint file itself
