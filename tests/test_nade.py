@@ -63,3 +63,31 @@ def test_trains_on_mnist_small_and_samples():
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 100
     samples = model.sample(4, torch.Generator().manual_seed(0))
     assert samples.shape == (4, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_blocked_logits_and_their_gradients_equal_autograd_through_the_whole_tensors():
+    """The reference: a_d as one exclusive cumulative sum over all D dimensions (eq. 3), differentiated by
+    autograd. D = 21 is not a multiple of the block size, so a short last block is covered."""
+    torch.manual_seed(0)
+    model = NADE.build(info((1, 3, 7)), hidden_dim=5).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    x = torch.bernoulli(torch.full((4, 1, 3, 7), 0.5, dtype=torch.double)).requires_grad_()
+    weights = torch.randn(4, 21, dtype=torch.double)
+
+    def reference(v):
+        contributions = v.flatten(1).unsqueeze(-1) * model.W
+        a = model.c + torch.cumsum(contributions, dim=1) - contributions
+        return model.b + (torch.sigmoid(a) * model.V).sum(-1)
+
+    wanted = reference(x)
+    got = model.logits(x)
+    inputs = [x, *model.parameters()]
+    grads_wanted = torch.autograd.grad((wanted * weights).sum(), inputs)
+    grads_got = torch.autograd.grad((got * weights).sum(), inputs)
+    torch.testing.assert_close(got, wanted, rtol=0, atol=1e-12)
+    for g_got, g_wanted in zip(grads_got, grads_wanted):
+        torch.testing.assert_close(g_got, g_wanted, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(x), wanted, rtol=0, atol=1e-12)

@@ -97,3 +97,31 @@ def test_trains_on_mnist_small_and_samples(gated):
     assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
     samples = model.eval().sample(2, torch.Generator().manual_seed(0))
     assert samples.shape == (2, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("gated,kernel_size,num_layers", [(False, 3, 3), (False, 5, 6), (True, 3, 4), (True, 5, 2)])
+def test_the_last_row_computed_on_its_receptive_field_equals_the_whole_network_s(gated, kernel_size, num_layers):
+    """Every row of a 16-row image, conditional and 4 levels: cropping a layer's input to the rows the
+    output still depends on must not change a number (the crop's zero padding stays outside them)."""
+    torch.manual_seed(0)
+    model = PixelCNN.build(info((2, 16, 6), levels=4, num_classes=3), channels=8, num_layers=num_layers,
+                           kernel_size=kernel_size, gated=gated, conditional=True)
+    x = torch.randint(0, 4, (3, 2, 16, 6)).float() / 3
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        whole = model.logits(x, labels)
+        for i in range(16):
+            torch.testing.assert_close(model.logits(x[:, :, : i + 1], labels, last_row=True)[..., 0, :], whole[..., i, :],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_samples_from_the_cropped_rows_equal_those_of_the_whole_network_under_the_same_draws():
+    torch.manual_seed(0)
+    model = PixelCNN.build(info((1, 10, 10)), channels=8, num_layers=4, kernel_size=3)
+    with torch.no_grad():
+        x = torch.zeros(16, 1, 10, 10)
+        generator = torch.Generator().manual_seed(3)
+        for i, j in itertools.product(range(10), range(10)):  # the sampler before the crop: the whole image each time
+            x[:, :, i, j] = torch.bernoulli(torch.sigmoid(model.logits(x)[..., i, j]), generator=generator)
+    samples = model.sample(16, torch.Generator().manual_seed(3))
+    assert torch.equal(samples, x) and 0 < x.mean() < 1

@@ -1,14 +1,20 @@
-"""Training paths in process with a real Lightning Trainer: LR schedules and bf16 mixed precision."""
+"""Training paths in process with a real Lightning Trainer: LR schedules, bf16 mixed precision, and the
+checkpoints' write interval."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from dgmrun.checkpoint import AtomicCheckpointIO
 from dgmrun.models.base import build_model
 from dgmrun.schema import validate
+from dgmrun.tasks.train import train
 
 
 @pytest.mark.parametrize("scheduler,precision", [("cosine", "32-true"), ("step", "bf16-mixed")])
@@ -41,3 +47,34 @@ def test_test_metrics_are_computed_in_float32_under_bf16(cfg_factory):
         torch.manual_seed(0)
         results[precision] = pl.Trainer(precision=precision, **quiet).test(model, datamodule=datamodule, verbose=False)[0]
     assert results["bf16-mixed"]["test/nll"] == pytest.approx(results["32-true"]["test/nll"], abs=1e-4)
+
+
+@pytest.mark.parametrize("every", [0, 10**6])
+def test_checkpoints_kept_in_memory_between_writes_end_as_the_last_and_the_best(cfg_factory, monkeypatch, every):
+    """task.checkpoint_every_s=0 writes both files at every epoch; a long interval writes each when first due
+    and then once at the end, and the files hold the same states: the last step, and the best epoch's."""
+    written: list[tuple[str, int]] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        written.append((Path(path).name, checkpoint["global_step"]))
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    cfg = cfg_factory("trainer.max_epochs=4", "trainer.limit_train_batches=3", "task.test=false", "sample.num=8",
+                      f"task.checkpoint_every_s={every}", "model.latent_dim=4")
+    validate(cfg)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    with open(out / "csv" / "metrics.csv", newline="") as f:
+        val = [(float(row["val/loss"]), int(row["step"])) for row in csv.DictReader(f) if row.get("val/loss")]
+    assert len(val) == 4
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (3, 12)
+    assert best["global_step"] == min(val)[1] + 1  # Lightning logs an epoch's validation at its last step - 1
+    last_writes = [step for name, step in written if name == "last.ckpt"]
+    if every == 0:
+        assert last_writes == [3, 6, 9, 12]
+    else:
+        assert last_writes == [3, 12] and len(written) <= 4

@@ -203,7 +203,7 @@ class DDPM(GenerativeModel):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.simple_loss(x, y).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss}, {"loss": loss}, len(x))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

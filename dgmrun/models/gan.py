@@ -342,7 +342,7 @@ class GAN(GenerativeModel):
         self.check_finite("train/d_loss", d_loss)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
-        log_now = self._logging_now()
+        log_now = self.logging_now(batch_idx)
         if log_now:
             logs["d_grad_norm"] = grad_norm(self.d_parameters())
         opt_d.step()
@@ -366,16 +366,8 @@ class GAN(GenerativeModel):
             if self.ema is not None:
                 self.ema.update(self.generator)
         self.step_schedulers("step", (0, 1) if g_turn else (0,))  # D's after each of its updates, G's after its own
-        if log_now:  # self.log costs ~1 ms a call on a busy CPU: only on the steps the loggers write
-            self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=len(x))
-            self.log_dict({k: v for k, v in (("d", logs["d_loss"]), ("g", logs.get("g_loss"))) if v is not None},
-                          prog_bar=True, logger=False, batch_size=len(x))
-
-    def _logging_now(self) -> bool:
-        """Whether the loggers write this batch: Lightning's own rule, every ``log_every_n_steps``-th batch
-        counted across epochs (not optimizer steps) and the last one."""
-        every = self.trainer.log_every_n_steps
-        return every > 0 and ((self.trainer.fit_loop.total_batch_idx + 1) % every == 0 or self.trainer.should_stop)
+        self.log_training(batch_idx, {f"train/{name}": value for name, value in logs.items()},
+                          {k: v for k, v in (("d", logs["d_loss"]), ("g", logs.get("g_loss"))) if v is not None}, len(x))
 
     # ------------------------------------------------------------------ GenerativeModel
     def ema_generator(self) -> contextlib.AbstractContextManager[Any]:

@@ -106,8 +106,7 @@ class GMMN(GenerativeModel):
         loss_mmd = mmd2(real, fake, bandwidths)
         loss = loss_mmd + reconstruction
         logs.update({"train/mmd2": loss_mmd.detach(), "train/loss": loss.detach()})
-        self.log_dict(logs, batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, logs, {"loss": loss}, len(x))
         return loss
 
     # ------------------------------------------------------------------ GenerativeModel

@@ -37,8 +37,7 @@ class IWAE(VAE):
         x, _ = batch
         bound = self.iwae_bound(x, self.k)
         loss = -bound.mean()
-        self.log_dict({"train/loss": loss, f"train/iwae_k{self.k}": bound.mean()}, batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss, f"train/iwae_k{self.k}": bound.mean()}, {"loss": loss}, len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -44,9 +44,11 @@ class PixelCNN(GenerativeModel):
                                info.num_classes if conditional else 0)
 
     # ------------------------------------------------------------------ the model
-    def logits(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Bernoulli logits (N, C, H, W), or softmax logits (N, C, levels, H, W) for more levels."""
-        out = self.net(2 * x - 1, labels if self.conditional else None)
+    def logits(self, x: Tensor, labels: Tensor | None = None, last_row: bool = False) -> Tensor:
+        """Bernoulli logits (N, C, H, W), or softmax logits (N, C, levels, H, W) for more levels; with
+        ``last_row``, those of x's last row only (H = 1), computed on the rows it depends on."""
+        run = self.net.last_row if last_row else self.net
+        out = run(2 * x - 1, labels if self.conditional else None)
         if self.levels == 2:
             return out
         n, _, h, w = out.shape
@@ -67,9 +69,7 @@ class PixelCNN(GenerativeModel):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = -self.log_prob(x, y).mean()
-        self.log("train/loss", loss, batch_size=len(x))
-        self.log("train/bpd", self.bits_per_dim(loss), batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss, "train/bpd": self.bits_per_dim(loss)}, {"loss": loss}, len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -113,7 +113,7 @@ class PixelCNN(GenerativeModel):
             for j in range(w):
                 if not drawn[:, :, i, j].any():
                     continue
-                logits = self.logits(x[:, :, : i + 1], labels)[..., i, j]  # rows > i cannot influence (i, j)
+                logits = self.logits(x[:, :, : i + 1], labels, last_row=True)[..., 0, j]
                 if self.levels == 2:
                     value = torch.bernoulli(torch.sigmoid(logits), generator=generator)
                 else:

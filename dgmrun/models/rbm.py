@@ -165,11 +165,10 @@ class RBM(GenerativeModel):
         self.check_finite("train/loss", loss)
         self.optimizers().step()
         self.step_schedulers("step")
-        if batch_idx % 10 == 0:  # every 10th update only: one more matrix product, and logging has a cost
+        if self.logging_now(batch_idx):  # the reconstruction error costs one more matrix product
             with torch.no_grad():
                 recon = self.reconstruction_error(v).mean()
-            self.log_dict({"train/recon_error": recon, "train/loss": loss}, batch_size=len(x))
-            self.log("recon", recon, prog_bar=True, logger=False, batch_size=len(x))
+            self.log_training(batch_idx, {"train/recon_error": recon, "train/loss": loss}, {"recon": recon}, len(x))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch

@@ -82,9 +82,11 @@ class VAE(GenerativeModel):
             return self.beta
         return self.beta * min(1.0, step / self.kl_warmup_steps)
 
-    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
-        """log p(x, z_k) - log q(z_k | x) for z_k ~ q(z|x): shape (num_samples, batch)."""
-        mu, logvar = self.encode(x)
+    def log_importance_weights(self, x: Tensor, num_samples: int, posterior: tuple[Tensor, Tensor] | None = None
+                               ) -> Tensor:
+        """log p(x, z_k) - log q(z_k | x) for z_k ~ q(z|x): shape (num_samples, batch). ``posterior``: q's
+        (mu, logvar) for x, when already computed."""
+        mu, logvar = self.encode(x) if posterior is None else posterior
         eps = torch.randn(num_samples, *mu.shape, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps
         log_q = gaussian_log_density(z, mu, logvar)
@@ -99,10 +101,9 @@ class VAE(GenerativeModel):
         reconstruction, kl = self.elbo_terms(x)
         beta = self.kl_weight(self.global_step)
         loss = -(reconstruction - beta * kl).mean()
-        self.log_dict({"train/loss": loss, "train/elbo": (reconstruction - kl).mean(),
-                       "train/reconstruction": reconstruction.mean(), "train/kl": kl.mean(), "train/beta": beta},
-                      prog_bar=False, batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss, "train/elbo": (reconstruction - kl).mean(),
+                                      "train/reconstruction": reconstruction.mean(), "train/kl": kl.mean(),
+                                      "train/beta": beta}, {"loss": loss}, len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -126,7 +127,9 @@ class VAE(GenerativeModel):
     def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         k = int(self.eval_settings["num_importance_samples"])
         chunk = max(1, 20_000 // len(x))  # bounds the decoder batch to ~20k examples
-        log_w = torch.cat([self.log_importance_weights(x, min(chunk, k - start)) for start in range(0, k, chunk)])
+        posterior = self.encode(x)  # once: each chunk of samples draws from the same q(z|x)
+        log_w = torch.cat([self.log_importance_weights(x, min(chunk, k - start), posterior)
+                           for start in range(0, k, chunk)])
         return torch.logsumexp(log_w, dim=0) - math.log(k)
 
     @torch.no_grad()

@@ -121,9 +121,9 @@ class VQVAE(GenerativeModel):
         usage = torch.bincount(codes.flatten(), minlength=self.num_codes).float()
         p = usage / usage.sum()
         perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
-        self.log_dict({"train/loss": loss, "train/reconstruction": -log_px.mean(), "train/commitment": commit.mean(),
-                       "train/perplexity": perplexity}, batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss, "train/reconstruction": -log_px.mean(),
+                                      "train/commitment": commit.mean(), "train/perplexity": perplexity}, {"loss": loss},
+                          len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -205,8 +205,7 @@ class VQVAEPrior(GenerativeModel):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
         loss = -self.prior_log_prob(self.vqvae.encode_codes(x)).mean()
-        self.log("train/loss", loss, batch_size=len(x))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_training(batch_idx, {"train/loss": loss}, {"loss": loss}, len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

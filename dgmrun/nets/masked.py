@@ -13,7 +13,8 @@ which keeps the likelihood exact with one network pass per pixel.
   whose output at row i sees every pixel in rows <= i within its (growing) width, shifted down one row
   before it feeds the *horizontal* stack, which sees the pixels to the left in the same row; both
   gated, y = tanh(W_f * x + V_f h) . sigmoid(W_g * x + V_g h), with h a class embedding (eq. 4).
-- ``PixelCNNNet``: either stack, N×C_in×H×W -> N×C_out×H×W, optionally conditioned on labels.
+- ``PixelCNNNet``: either stack, N×C_in×H×W -> N×C_out×H×W, optionally conditioned on labels; its
+  ``last_row`` computes only the output row that ancestral sampling draws next.
 """
 
 from __future__ import annotations
@@ -103,15 +104,36 @@ class PixelCNNNet(nn.Module):
             self.layers = nn.ModuleList([PlainLayer(channels, kernel_size, num_classes) for _ in range(num_layers - 1)])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, out_channels, 1))
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def reaches(self) -> list[int]:
+        """For each layer, how many rows above an output row the layer's input must hold for that row to be
+        right (gated: the vertical kernel's k/2 rows and the one-row shift into the horizontal stack)."""
         if self.gated:
-            v = h = x
-            for layer in self.layers:
-                v, h = layer(v, h, labels)
-            return self.head(h)
-        h = self.first(x)
+            return [layer.k + 1 for layer in self.layers]
+        return [self.first.kernel_size[0] // 2] + [layer.conv.kernel_size[0] // 2 for layer in self.layers]
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self._run(x, labels, None)
+
+    def last_row(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The output's last row (N×C_out×1×W), from x's rows up to it: the same numbers as ``forward``'s, but
+        each layer runs on the rows that row still depends on (its receptive field, which narrows from layer
+        to layer), not on the whole image."""
+        return self._run(x, labels, self.reaches())
+
+    def _run(self, x: Tensor, labels: Tensor | None, reaches: list[int] | None) -> Tensor:
+        """The stack; with ``reaches``, before layer l only the last 1 + sum(reaches[l:]) rows are kept (the
+        rows a crop's zero padding makes wrong at its top are the ones dropped before the next layer)."""
+        def crop(t: Tensor, layer: int) -> Tensor:
+            return t if reaches is None else t[:, :, -(1 + sum(reaches[layer:])):]
+
+        if self.gated:
+            v = h = crop(x, 0)
+            for i, layer in enumerate(self.layers):
+                v, h = layer(crop(v, i), crop(h, i), labels)
+            return self.head(crop(h, len(self.layers)))
+        h = self.first(crop(x, 0))
         if self.first_bias is not None and labels is not None:
             h = h + self.first_bias(labels)[:, :, None, None]
-        for layer in self.layers:
-            h = layer(h, labels)
-        return self.head(h)
+        for i, layer in enumerate(self.layers, start=1):
+            h = layer(crop(h, i), labels)
+        return self.head(crop(h, len(self.layers) + 1))

@@ -385,6 +385,10 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
         cfg.eval.samples = resolve_path(str(cfg.eval.samples))
     if cfg.impute.get("file"):
         cfg.impute.file = resolve_path(str(cfg.impute.file))
+    if cfg.task.name == "train":
+        every = cfg.task.get("checkpoint_every_s")
+        require(isinstance(every, (int, float)) and not isinstance(every, bool) and every >= 0,
+                f"task.checkpoint_every_s must be a number of seconds >= 0, got {every!r}")
     if cfg.task.name == "report":
         require(not OmegaConf.is_missing(cfg, "dir"), "task=report needs dir=<a sweep dir, run dir or folder of "
                 "either>, or dir=[A,B] for several")

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import dgmrun
+from dgmrun.callbacks import progress_bar
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
@@ -202,6 +203,8 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = 
         _prepare_ddp_relaunch()
         if trainer_cfg.get("accelerator") == "cpu":
             _share_cpu_threads(int(trainer_cfg.get("devices") or 1))
+    if trainer_cfg.get("enable_progress_bar", True):
+        callbacks = [*callbacks, progress_bar()]
     try:
         trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=False, default_root_dir=str(run_dir(cfg)),
                               plugins=[AtomicCheckpointIO()])

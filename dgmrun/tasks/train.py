@@ -8,11 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from dgmrun.callbacks import RNGState, SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, Throughput
+from dgmrun.callbacks import (RNGState, SampleGrids, SampleQuality, StopOnNonFinite, StopOnSignal, ThrottledCheckpoint,
+                              Throughput)
 from dgmrun.errors import DgmrunError
 from dgmrun.models.base import build_model
 from dgmrun.loggers import finish_loggers
@@ -45,9 +45,11 @@ def train(cfg: DictConfig) -> float | None:
 
     # last.ckpt by a monitor-free checkpoint of its own: Lightning's save_last only refreshes it in steps
     # where a top-k checkpoint is saved, which would leave it stale once val/loss stops improving.
-    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/loss",
-                           enable_version_counter=False) if has_validation_loss(model) else None
+    every = cfg.task.checkpoint_every_s
+    last = ThrottledCheckpoint(min_interval_s=every, dirpath=out / "checkpoints", filename="last",
+                               enable_version_counter=False)
+    best = ThrottledCheckpoint(min_interval_s=every, dirpath=out / "checkpoints", filename="best", monitor="val/loss",
+                               enable_version_counter=False) if has_validation_loss(model) else None
     throughput = Throughput()
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
