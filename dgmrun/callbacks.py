@@ -87,8 +87,9 @@ class SampleGrids(pl.Callback):
 
 class Throughput(pl.Callback):
     """``perf/train_samples_per_s``: training examples per second of wall clock since this fit's training
-    began (after the sanity check), everything the loop does included (data, steps, logging, validation, checkpoints, grids), so that
-    it agrees with a stopwatch (``scripts/bench_runner.py``); logged at each epoch's end."""
+    began (after the sanity check), everything the loop does included (data, steps, logging, validation,
+    checkpoints, grids), so that it agrees with a stopwatch (``scripts/bench_runner.py``); logged at each
+    epoch's end."""
 
     def __init__(self) -> None:
         self.samples = 0

@@ -107,6 +107,8 @@ def peak_memory_mb(device: str) -> float:
 
 
 def measure_dgmrun(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from hydra.utils import instantiate
+
     from dgmrun.tasks.train import train
 
     case = CASES[name]
@@ -119,19 +121,16 @@ def measure_dgmrun(name: str, args: argparse.Namespace) -> dict[str, Any]:
             train(cfg)
             walls.append(time.perf_counter() - start)
         metrics = json.loads((Path(tmp) / str(long) / "metrics.json").read_text())
-        images = images_per_epoch(cfg)
+        images = images_per_epoch(cfg, len(instantiate(cfg.data, _convert_="all").split_tensors("train")[0]))
     seconds = (walls[1] - walls[0]) / (long - short)
     return {"images_per_s": images / seconds, "reported": metrics.get("perf/train_samples_per_s"),
             "epoch_s": seconds, "peak_mb": peak_memory_mb(args.device)}
 
 
-def images_per_epoch(cfg: Any) -> int:
-    """Training images per epoch: whole batches of the training split, as both loops take them."""
-    from hydra.utils import instantiate
-
-    datamodule = instantiate(cfg.data, _convert_="all")
-    n, batch = len(datamodule.split_tensors("train")[0]), cfg.data.batch_size
-    batches = n // batch
+def images_per_epoch(cfg: Any, num_train: int) -> int:
+    """Training images per epoch of ``num_train`` examples: whole batches, as both loops take them."""
+    batch = cfg.data.batch_size
+    batches = num_train // batch
     limit = cfg.trainer.limit_train_batches
     return batch * (batches if limit is None else min(batches, int(limit)))
 
@@ -152,9 +151,7 @@ def measure_hand(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x_val, y_val = (t.to(device) for t in datamodule.split_tensors("val"))
     dynamic = cfg.data.get("binarize") == "dynamic"
     batch, eval_batch = cfg.data.batch_size, cfg.data.eval_batch_size
-    num_batches = len(x_train) // batch
-    if case.get("limit_train"):
-        num_batches = min(num_batches, case["limit_train"])
+    num_batches = images_per_epoch(cfg, len(x_train)) // batch
     val_batches = len(x_val.split(eval_batch))
     if case.get("limit_val"):
         val_batches = min(val_batches, case["limit_val"])

@@ -196,8 +196,10 @@ class VQVAEPrior(GenerativeModel):
         self.vqvae.eval()  # frozen
         return self
 
-    def code_logits(self, codes: Tensor) -> Tensor:
-        return self.net(self.embedding(codes).permute(0, 3, 1, 2))  # N×K×h×w
+    def code_logits(self, codes: Tensor, last_row: bool = False) -> Tensor:
+        """N×K×h×w; with ``last_row``, of the codes' last row only (h = 1), computed on the rows it depends on."""
+        run = self.net.last_row if last_row else self.net
+        return run(self.embedding(codes).permute(0, 3, 1, 2))
 
     def prior_log_prob(self, codes: Tensor) -> Tensor:
         return -F.cross_entropy(self.code_logits(codes), codes, reduction="none").flatten(1).sum(1)
@@ -236,7 +238,7 @@ class VQVAEPrior(GenerativeModel):
         codes = torch.zeros(n, h, w, dtype=torch.long, device=self.device)
         for i in range(h):
             for j in range(w):
-                probs = torch.softmax(self.code_logits(codes[:, : i + 1])[:, :, i, j], dim=1)
+                probs = torch.softmax(self.code_logits(codes[:, : i + 1], last_row=True)[:, :, 0, j], dim=1)
                 codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return self.vqvae.decode_codes(codes)
 
