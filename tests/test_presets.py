@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 
 from dgmrun.errors import DgmrunError
 from dgmrun.schema import validate
@@ -19,12 +20,14 @@ from tests.test_fuzz import ONE_STEP, data_overrides
 # 32 px colour images for the convolutional GANs, which need sides of 16 px or more).
 DATA_IN_TURN = ("digits", "toy2d", "cifar10")
 # Presets on their own data, in batches of 2 (ddpm_cifar10's U-Net has 35.7M parameters).
-PRESET_DATA = {"vae_mnist": "mnist", "ddpm_mnist": "mnist", "ddpm_cifar10": "cifar10"}
+PRESET_DATA = {**{f"{name}_mnist": "mnist" for name in ("vae", "iwae", "vae2", "iwae2", "rbm", "nade", "pixelcnn", "vqvae",
+                                                         "dcgan", "wgan_gp", "infogan", "ddpm")},
+               "ddpm_cifar10": "cifar10"}
 SMALL_BATCH = ["data.batch_size=2", "data.eval_batch_size=2"]
 
 
-def step_and_sample(run: Path, first: list[str]) -> np.ndarray:
-    """Train one step with the overrides ``first`` into ``run``, then draw 4 samples from its checkpoint."""
+def step_and_sample(run: Path, first: list[str], draw: bool = True) -> np.ndarray | None:
+    """Train one step with the overrides ``first`` into ``run``, then (``draw``) draw 4 samples from its checkpoint."""
     from dgmrun.tasks.sample import sample
     from dgmrun.tasks.train import train
 
@@ -32,6 +35,8 @@ def step_and_sample(run: Path, first: list[str]) -> np.ndarray:
         cfg = compose_config([*first, *ONE_STEP], run)
         validate(cfg)
         train(cfg)
+        if not draw:
+            return None
         cfg = compose_config(["task=sample", f"ckpt_path={run}", "sample.num=4", "sample.sampler=ddim", "sample.steps=2"],
                              run / "sampled")
         validate(cfg)
@@ -81,14 +86,36 @@ def test_the_convolutional_networks_train_a_step_and_sample(tmp_path, model):
     assert samples.shape == (4, 3, 32, 32)
 
 
-# ddpm_cifar10 (35.7M parameters) takes ~30 s: in `pytest -m slow`.
-@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "ddpm_cifar10" else p
-                                    for p in options("experiment")])
-def test_every_preset_trains_a_step_and_samples(tmp_path, preset):
+# In `pytest -m slow`: ddpm_cifar10 (35.7M parameters, ~30 s) and pixelcnn_mnist, whose grids at the end of
+# training take minutes on 2 cores (784 sequential passes of 16 layers per image); the fast suite composes,
+# validates and builds them (test_every_preset_composes_validates_and_builds).
+SLOW = {"ddpm_cifar10", "pixelcnn_mnist"}
+
+
+def preset_config(preset: str, tmp_path: Path) -> list[str]:
     data = PRESET_DATA[preset]  # a new preset must say here which data it is for
     if data == "mnist" and not (MNIST_SMALL / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST digits not found at {MNIST_SMALL} (see ../shared/data/README.md)")
     budget = ["trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.max_time=null"]  # a preset's own budget: not here
-    samples = step_and_sample(tmp_path / "run", [f"experiment={preset}", *data_overrides(data, tmp_path), *SMALL_BATCH,
-                                                 *budget])
-    assert samples.shape[0] == 4 and samples.shape[-1] == (32 if data == "cifar10" else 28)
+    return [f"experiment={preset}", *data_overrides(data, tmp_path), *SMALL_BATCH, *budget]
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
+                                    for p in options("experiment")])
+def test_every_preset_trains_a_step_and_samples(tmp_path, preset):
+    samples = step_and_sample(tmp_path / "run", preset_config(preset, tmp_path))
+    assert samples.shape[0] == 4 and samples.shape[-1] == (32 if PRESET_DATA[preset] == "cifar10" else 28)
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_preset_composes_validates_and_builds(tmp_path, preset):
+    from dgmrun.models.base import build_model
+
+    try:
+        cfg = compose_config(preset_config(preset, tmp_path), tmp_path)
+        validate(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    data = instantiate(cfg.data, _convert_="all")
+    model = build_model(cfg.model, data.info)
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -113,6 +113,45 @@ def test_elbo_is_exact_in_expectation_and_importance_sampling_converges_from_a_p
     assert k1.mean() < k20000.mean() - 0.1
 
 
+def two_layer_linear_gaussian_vae() -> tuple[VAE, torch.Tensor, torch.Tensor]:
+    """z2 ~ N(0, 1), z1 | z2 ~ N(A z2 + c, diag s^2), x | z1 ~ N(W z1 + b, I): x is Gaussian with mean W c + b and
+    covariance W (A A^T + diag s^2) W^T + I. The encoders are deliberately poor (q = N(0, I) at both layers)."""
+    info = DataInfo("points", (3,), 0, None)
+    vae = VAE.build(info.to_dict(), latent_dim=2, arch="mlp", hidden_dims=[8], upper_layers=[[4, 1]],
+                    likelihood="gaussian", learn_variance=False)
+    weight, bias = torch.tensor([[1.5, 0.0], [0.3, -0.8], [0.0, 1.1]]), torch.tensor([0.5, -1.0, 0.2])
+    a, c, log_s2 = torch.tensor([[1.2], [-0.6]]), torch.tensor([0.3, -0.2]), torch.tensor([-1.0, 0.4])
+    vae.decoder = nn.Linear(2, 3)
+    vae.decoder.weight.data, vae.decoder.bias.data = weight.clone(), bias.clone()
+    upper = nn.Linear(1, 4)  # (mean, log-variance) of p(z1 | z2)
+    upper.weight.data = torch.cat([a, torch.zeros(2, 1)])
+    upper.bias.data = torch.cat([c, log_s2])
+    vae.upper_decoders[0] = upper
+    for encoder in (vae.encoder, vae.upper_encoders[0]):
+        for parameter in encoder.parameters():
+            nn.init.zeros_(parameter)
+    cov = weight @ (a @ a.T + torch.diag(log_s2.exp())) @ weight.T + torch.eye(3)
+    return vae, weight @ c + bias, cov
+
+
+def test_two_stochastic_layers_importance_sampling_converges_to_the_exact_marginal_and_samples_follow_it():
+    torch.manual_seed(3)
+    vae, mean, cov = two_layer_linear_gaussian_vae()
+    x = torch.randn(5, 3) + mean
+    exact = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x)
+    vae.eval_settings["num_importance_samples"] = 20000
+    assert (vae.log_likelihood(x) - exact).abs().max() < 0.03
+    reconstruction, kl = zip(*[vae.elbo_terms(x) for _ in range(2000)])  # the one-sample KL estimate
+    elbo = (torch.stack(reconstruction) - torch.stack(kl)).mean(0)
+    assert (elbo < exact - 0.1).all()  # a strict bound under the poor posterior
+    vae.eval_settings["num_importance_samples"] = 1
+    k1 = vae.log_likelihood(x.repeat(2000, 1)).view(2000, 5).mean(0)
+    assert torch.allclose(k1, elbo, atol=0.3)  # k = 1 is the ELBO in expectation
+    samples = vae.sample(40000, torch.Generator().manual_seed(0))  # z2, then z1 | z2, then x | z1
+    assert torch.allclose(samples.mean(0), mean, atol=0.05)
+    assert torch.allclose(torch.cov(samples.T), cov, atol=0.1)
+
+
 def test_kl_warmup_is_linear_up_to_beta():
     info = DataInfo("points", (2,), 0, None).to_dict()
     vae = VAE.build(info, latent_dim=2, beta=2.0, kl_warmup_steps=100)

@@ -42,9 +42,9 @@ from torch import Tensor
 
 
 def ais_schedule(num_betas: int, device: torch.device | str = "cpu") -> Tensor:
-    """beta_1 .. beta_K = 1, denser near 1 like the paper's 0.001 / 0.0001 steps (1/15 of the steps on
-    [0, 0.5], 4/15 on [0.5, 0.9], 10/15 on [0.9, 1])."""
-    k1, k2 = max(1, num_betas // 15), max(1, 4 * num_betas // 15)
+    """beta_1 .. beta_K = 1 in Salakhutdinov & Murray 2008's proportions: their 14,500 are 500 uniform steps on
+    [0, 0.5], 4,000 on [0.5, 0.9] and 10,000 on [0.9, 1] (steps of 1e-3, 1e-4 and 1e-5), exactly so at 14,500."""
+    k1, k2 = max(1, num_betas * 500 // 14500), max(1, num_betas * 4000 // 14500)
     k3 = max(1, num_betas - k1 - k2)
     return torch.cat([torch.linspace(0, 0.5, k1 + 1)[1:], torch.linspace(0.5, 0.9, k2 + 1)[1:],
                       torch.linspace(0.9, 1.0, k3 + 1)[1:]]).to(device)

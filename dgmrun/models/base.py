@@ -49,7 +49,17 @@ def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimiz
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(settings["betas"]), weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(settings["betas"]), eps=settings["eps"],
+                            weight_decay=weight_decay, fused=True)
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage i of Burda et al. 2015's schedule that (0-based) ``epoch`` is in: stage i is 3**i epochs long,
+    so stages 0..i end after (3**(i+1) - 1) / 2 epochs: 1, 4, 13, 40, 121, 364, 1093, 3280."""
+    stage = 0
+    while epoch >= (3 ** (stage + 1) - 1) // 2:
+        stage += 1
+    return stage
 
 
 def build_model(model_cfg: Mapping[str, Any], info: DataInfo) -> "GenerativeModel":
@@ -279,6 +289,9 @@ class GenerativeModel(pl.LightningModule):
         # of ~0.5 nat (8 bits of mantissa), more than the differences between models that papers report.
         with torch.autocast(self.device.type, enabled=False):
             metrics = self._test_metrics(x.float(), y if self.class_conditional else None)
+        if "nll" in metrics:  # for test/nll_sem, the standard error of test/nll over the test examples
+            metrics["nll_squared"] = metrics["nll"] ** 2
+            self.log("test/examples", float(len(x)), reduce_fx="sum", sync_dist=True)
         for name, values in metrics.items():
             self.log(f"test/{name}", values.mean(), batch_size=len(x), sync_dist=True)
 
@@ -347,7 +360,9 @@ class GenerativeModel(pl.LightningModule):
     def make_scheduler(self, optimizer: torch.optim.Optimizer, updates: float | None = None) -> dict[str, Any] | None:
         """``model.scheduler`` of ``optimizer``: cosine decay to 0 over its ``updates`` (default: the run's
         ``trainer.estimated_stepping_batches``; 10**6 when the run has no step budget) (per step), linear warm-up
-        over ``warmup_steps`` then constant (per step; DDPM's schedule), or step decay (per epoch)."""
+        over ``warmup_steps`` then constant (per step; DDPM's schedule), step decay (per epoch), or Burda et al.
+        2015's stages (per epoch): lr * 10**(-i/7) in stage i (``burda_stage``), the last stage's rate after
+        ``stages`` stages."""
         if self.scheduler_settings is None:
             return None
         settings = {**SCHEDULER_DEFAULTS, **self.scheduler_settings}
@@ -359,6 +374,10 @@ class GenerativeModel(pl.LightningModule):
             total = float(self.trainer.estimated_stepping_batches if updates is None else updates)
             total = max(1, int(total) if math.isfinite(total) else 10**6)
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
+        if settings["name"] == "burda":
+            last = settings["stages"] - 1
+            stages = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 10 ** (-min(burda_stage(epoch), last) / 7))
+            return {"scheduler": stages, "interval": "epoch"}
         step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings["step_size"], gamma=settings["gamma"])
         return {"scheduler": step, "interval": "epoch"}
 

@@ -6,6 +6,11 @@ points). Training maximises  E_q[log p(x|z)] - beta_t KL(q(z|x) || p(z)),  beta_
 from 0 to beta over ``kl_warmup_steps`` (KL annealing, Bowman et al. 2016, against posterior
 collapse). Test NLL is the importance-sampling estimate of Burda et al. 2015 (eq. 8):
 log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,  z_k ~ q(z|x).
+
+``upper_layers`` stacks more stochastic layers above z = z_1 (Burda et al.'s two-layer models):
+q(z_1..L | x) = q(z_1 | x) prod_l q(z_{l+1} | z_l) and p(x, z) = p(x | z_1) prod_l p(z_l | z_{l+1}) N(z_L; 0, I),
+every factor a diagonal Gaussian from an MLP. The KL term is then the one-sample estimate
+log q(z | x) - log p(z) (no closed form), and z in the importance weights is the whole path z_1..L.
 """
 
 from __future__ import annotations
@@ -23,11 +28,18 @@ from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
 
 LOG_2PI = math.log(2 * math.pi)
+ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag exp(logvar)), summed over the last dimension."""
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def gaussian_params(net: torch.nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and (clamped) log-variance of a diagonal Gaussian whose parameters ``net`` outputs."""
+    mu, logvar = net(inputs).chunk(2, dim=-1)
+    return mu, logvar.clamp(-12, 8)
 
 
 def prior_log_density(z: Tensor) -> Tensor:
@@ -40,7 +52,7 @@ class VAE(GenerativeModel):
     imputation_methods = ("pseudo_gibbs", "metropolis_within_gibbs")
 
     def __init__(self, data_info: dict[str, Any], *, latent_dim: int, arch: str, hidden_dims: Sequence[int],
-                 channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
+                 activation: str, upper_layers: Sequence[Sequence[int]], channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
                  optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
@@ -53,13 +65,24 @@ class VAE(GenerativeModel):
             self.encoder = conv_encoder(info.shape, channels, 2 * latent_dim)
             self.decoder = conv_decoder(latent_dim, info.shape, channels, out_per_dim * info.shape[0])
         else:
-            self.encoder = torch.nn.Sequential(torch.nn.Flatten(), mlp(info.num_dims, hidden_dims, 2 * latent_dim))
-            self.decoder = mlp(latent_dim, list(reversed(hidden_dims)), out_per_dim * info.num_dims)
+            act = ACTIVATIONS[activation]
+            self.encoder = torch.nn.Sequential(torch.nn.Flatten(), mlp(info.num_dims, hidden_dims, 2 * latent_dim, act))
+            self.decoder = mlp(latent_dim, list(reversed(hidden_dims)), out_per_dim * info.num_dims, act)
+        # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) of each stochastic layer above z_1, from z_1 up.
+        self.upper_encoders, self.upper_decoders = torch.nn.ModuleList(), torch.nn.ModuleList()
+        below = latent_dim
+        for *hidden, width in upper_layers:
+            self.upper_encoders.append(mlp(below, hidden, 2 * width, ACTIVATIONS[activation]))
+            self.upper_decoders.append(mlp(width, list(reversed(hidden)), 2 * below, ACTIVATIONS[activation]))
+            below = width
+        self.top_dim = below
+        if upper_layers:  # its chain would have to carry the whole path z_1..L
+            self.imputation_methods = ("pseudo_gibbs",)
 
     # ------------------------------------------------------------------ the model
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
-        return mu, logvar.clamp(-12, 8)
+        """The mean and log-variance of q(z_1 | x)."""
+        return gaussian_params(self.encoder, x)
 
     def decode(self, z: Tensor) -> Tensor:
         """Likelihood parameters, stacked along dim 1 in the data's own shape."""
@@ -70,12 +93,31 @@ class VAE(GenerativeModel):
         return params
 
     def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-example reconstruction term E_q[log p(x|z)] (one sample) and analytic KL(q || p)."""
+        """Per-example reconstruction term E_q[log p(x|z)] (one sample) and KL(q || p): analytic for one
+        stochastic layer, the one-sample estimate log q(z|x) - log p(z) for more."""
+        if self.upper_encoders:
+            z, log_ratio = self.latent_draws(x, 1)
+            return self.likelihood.log_prob(self.decode(z[0]), x), -log_ratio[0]
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         reconstruction = self.likelihood.log_prob(self.decode(z), x)
         kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
         return reconstruction, kl
+
+    def latent_draws(self, x: Tensor, num_samples: int, posterior: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """z_1..L ~ q(z | x), ``num_samples`` paths per example: (z_1, of shape (num_samples, batch, latent_dim);
+        log p(z_1..L) - log q(z_1..L | x), of shape (num_samples, batch)). ``posterior``: q(z_1 | x)'s
+        (mu, logvar), when already computed."""
+        mu, logvar = self.encode(x) if posterior is None else posterior
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, device=mu.device)
+        log_ratio, below = -gaussian_log_density(z, mu, logvar), z
+        for encoder, decoder in zip(self.upper_encoders, self.upper_decoders):
+            mu, logvar = gaussian_params(encoder, below)
+            above = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            log_ratio = log_ratio - gaussian_log_density(above, mu, logvar) + gaussian_log_density(below, *gaussian_params(decoder, above))
+            below = above
+        return z, log_ratio + prior_log_density(below)
 
     def kl_weight(self, step: int) -> float:
         if self.kl_warmup_steps <= 0:
@@ -86,14 +128,10 @@ class VAE(GenerativeModel):
                                ) -> Tensor:
         """log p(x, z_k) - log q(z_k | x) for z_k ~ q(z|x): shape (num_samples, batch). ``posterior``: q's
         (mu, logvar) for x, when already computed."""
-        mu, logvar = self.encode(x) if posterior is None else posterior
-        eps = torch.randn(num_samples, *mu.shape, device=mu.device)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        log_q = gaussian_log_density(z, mu, logvar)
-        log_prior = prior_log_density(z)
+        z, log_ratio = self.latent_draws(x, num_samples, posterior)
         x_rep = x.expand(num_samples, *x.shape).reshape(-1, *x.shape[1:])
         log_px_z = self.likelihood.log_prob(self.decode(z.reshape(-1, self.latent_dim)), x_rep).view(num_samples, -1)
-        return log_px_z + log_prior - log_q
+        return log_px_z + log_ratio
 
     # ------------------------------------------------------------------ Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -188,16 +226,15 @@ class VAE(GenerativeModel):
         estimate (exact as k grows), with k = eval.num_importance_samples."""
         k = int(self.eval_settings["num_importance_samples"])
         chunk = max(1, 20_000 // len(x))  # decoder batches of ~20k examples, as in log_likelihood
-        mu, logvar = self.encode(completed)
+        posterior = self.encode(completed)
         log_w, log_missing = [], []
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(n, *mu.shape, device=mu.device)
+            z, log_ratio = self.latent_draws(completed, n, posterior)
             params = self.decode(z.reshape(-1, self.latent_dim))
             x_rep = x.expand(n, *x.shape).reshape(-1, *x.shape[1:])
             missing_rep = missing.expand(n, *missing.shape).reshape(-1, *missing.shape[1:])
-            log_w.append(self.likelihood.log_prob(params, x_rep, ~missing_rep).view(n, -1) + prior_log_density(z)
-                         - gaussian_log_density(z, mu, logvar))
+            log_w.append(self.likelihood.log_prob(params, x_rep, ~missing_rep).view(n, -1) + log_ratio)
             log_missing.append(self.likelihood.log_prob(params, x_rep, missing_rep).view(n, -1))
         log_w = torch.cat(log_w)
         estimate = torch.logsumexp(log_w + torch.cat(log_missing), 0) - torch.logsumexp(log_w, 0)
@@ -205,7 +242,10 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        z = torch.randn(n, self.top_dim, generator=generator, device=self.device)
+        for decoder in reversed(self.upper_decoders):  # z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) down to z_1
+            mu, logvar = gaussian_params(decoder, z)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
         return self._to_data(self.decode(z), generator)
 
     @torch.no_grad()

@@ -373,6 +373,8 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
         require(shape == tuple(trained_on.shape),
                 f"ckpt_path={cfg.ckpt_path} was trained on {trained_on.name} of shape {tuple(trained_on.shape)}, but "
                 f"data={cfg.data.name} gives {shape}; use data of the checkpoint's shape")
+    require(not (cfg.data.get("val_fraction") == 0 and cfg.eval.reference_split == "val"),
+            "eval.reference_split=val needs a validation split, but data.val_fraction=0; use train or test")
     if model is not None and model.manual_optimization:
         require(cfg.trainer.get("gradient_clip_val") is None,
                 f"trainer.gradient_clip_val: {cfg.model._target_.rsplit('.', 1)[-1]} steps its optimizers itself, and "

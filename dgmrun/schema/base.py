@@ -28,10 +28,15 @@ def require_finite(config: Any, prefix: str) -> None:
         value, key = getattr(config, f.name), f"{prefix}.{f.name}"
         if is_dataclass(value):
             require_finite(value, key)
-        for v in value if isinstance(value, list) else [value]:
+        for v in _flatten(value) if isinstance(value, list) else [value]:
             # (OmegaConf lets a mapping through as an element of list[int] or list[float])
-            require(not (isinstance(value, list) and isinstance(v, (dict, list))), f"{key} must be a list of numbers, got {value}")
+            require(not (isinstance(value, list) and isinstance(v, dict)), f"{key} must be a list of numbers, got {value}")
             require(not isinstance(v, float) or math.isfinite(v), f"{key} must be a finite number, got {value}")
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    """The elements of a list, and of the lists in it (``model.upper_layers`` is a list of lists of widths)."""
+    return [v for value in values for v in (_flatten(value) if isinstance(value, list) else [value])]
 
 
 # Widths, channels, dimensions: larger ones cannot be allocated (a layer of 2**20 x 2**20 weights is 4 TiB).
@@ -55,9 +60,10 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # adam | rmsprop | sgd (plain, no momentum); betas: Adam only
+    name: str = "adam"  # adam | rmsprop | sgd (plain, no momentum); betas and eps: Adam only
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8  # added to Adam's denominator (Burda et al. 2015 use 1e-4)
     weight_decay: float = 0.0
 
     def check(self, key: str = "model.optimizer") -> None:
@@ -65,13 +71,16 @@ class OptimizerConfig:
         require(self.lr > 0, f"{key}.lr must be > 0, got {self.lr}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"{key}.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        require(self.eps > 0, f"{key}.eps must be > 0, got {self.eps}")
         require(self.weight_decay >= 0, f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
 
 
-SCHEDULERS = ("cosine", "step", "warmup")
-# step: StepLR; warmup: linear warm-up over warmup_steps, then constant (see GenerativeModel.make_scheduler)
-SCHEDULER_KEYS = {"cosine": ("name",), "step": ("name", "step_size", "gamma"), "warmup": ("name", "warmup_steps")}
-SCHEDULER_DEFAULTS = {"step_size": 10, "gamma": 0.5, "warmup_steps": 5000}
+SCHEDULERS = ("cosine", "step", "warmup", "burda")
+# step: StepLR; warmup: linear warm-up over warmup_steps, then constant; burda: stage i of 3**i epochs at
+# lr * 10**(-i/7), i = 0..stages-1 (Burda et al. 2015; see GenerativeModel.make_scheduler)
+SCHEDULER_KEYS = {"cosine": ("name",), "step": ("name", "step_size", "gamma"), "warmup": ("name", "warmup_steps"),
+                  "burda": ("name", "stages")}
+SCHEDULER_DEFAULTS = {"step_size": 10, "gamma": 0.5, "warmup_steps": 5000, "stages": 8}
 
 
 def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
@@ -88,6 +97,8 @@ def check_scheduler(scheduler: Optional[dict[str, Any]]) -> None:
             f"model.scheduler.gamma must be a number > 0, got {gamma!r}")
     steps = scheduler.get("warmup_steps", SCHEDULER_DEFAULTS["warmup_steps"])
     require(type(steps) is int and steps >= 1, f"model.scheduler.warmup_steps must be an integer >= 1, got {steps!r}")
+    stages = scheduler.get("stages", SCHEDULER_DEFAULTS["stages"])
+    require(type(stages) is int and 1 <= stages <= 20, f"model.scheduler.stages must be an integer in [1, 20], got {stages!r}")
 
 
 @dataclass
@@ -100,7 +111,9 @@ class ModelConfig:
 
     _target_: str = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[dict[str, Any]] = None  # null | {name: cosine} | {name: step, step_size: 10, gamma: 0.5} | {name: warmup, warmup_steps: 5000}
+    # null | {name: cosine} | {name: step, step_size: 10, gamma: 0.5} | {name: warmup, warmup_steps: 5000}
+    # | {name: burda, stages: 8}
+    scheduler: Optional[dict[str, Any]] = None
 
     def check(self) -> None:
         require_finite(self, "model")

@@ -47,12 +47,12 @@ class DataConfig:
 
 @dataclass
 class ImageDataConfig(DataConfig):
-    val_fraction: float = 0.1  # carved from the training part with the run seed
+    val_fraction: float = 0.1  # carved from the training part with the run seed; 0: no validation, train on all
     binarize: str = "auto"  # auto (the model's choice: none for GANs, GMMN, DDPM; else dynamic) | none | static | dynamic
 
     def check(self) -> None:
         super().check()
-        require(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        require(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         one_of("data.binarize", self.binarize, BINARIZE)
 
     def info(self) -> DataInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import secrets
@@ -222,6 +223,10 @@ def collect_test_metrics(trainer: pl.Trainer, model: Any, datamodule: Any, cfg: 
     metrics: dict[str, Any] = dict(results[0]) if results else {}
     if "test/nll" in metrics:
         metrics["test/nll_kind"], metrics["test/nll_estimator"] = model.likelihood_kind, model.nll_estimator
+    if "test/nll_squared" in metrics:
+        mean, n = float(metrics["test/nll"]), float(metrics.pop("test/examples"))
+        variance = max(0.0, float(metrics.pop("test/nll_squared")) - mean**2) * n / max(1.0, n - 1)
+        metrics["test/nll_sem"] = math.sqrt(variance / n)
     if trainer.is_global_zero:
         metrics.update(sample_metrics(model, datamodule, cfg.eval.num_samples, cfg.seed, cfg=cfg, scorer=scorer))
     return metrics

@@ -25,6 +25,11 @@ def has_validation_loss(model: pl.LightningModule) -> bool:
     return type(model).validation_step is not pl.LightningModule.validation_step
 
 
+def has_validation_data(cfg: DictConfig) -> bool:
+    """False with ``data.val_fraction=0`` (the papers' protocol of training on the whole training set)."""
+    return cfg.data.get("val_fraction") != 0
+
+
 def train(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` of the run (when set), the objective of searches."""
     resume_from = None
@@ -46,10 +51,11 @@ def train(cfg: DictConfig) -> float | None:
     # last.ckpt by a monitor-free checkpoint of its own: Lightning's save_last only refreshes it in steps
     # where a top-k checkpoint is saved, which would leave it stale once val/loss stops improving.
     every = cfg.task.checkpoint_every_s
+    validating = has_validation_data(cfg)
     last = ThrottledCheckpoint(min_interval_s=every, dirpath=out / "checkpoints", filename="last",
                                enable_version_counter=False)
     best = ThrottledCheckpoint(min_interval_s=every, dirpath=out / "checkpoints", filename="best", monitor="val/loss",
-                               enable_version_counter=False) if has_validation_loss(model) else None
+                               enable_version_counter=False) if has_validation_loss(model) and validating else None
     throughput = Throughput()
     scorer = SampleScorer(cfg, datamodule)  # feature network + reference statistics, resolved once when needed
     scorer.check()
@@ -59,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
                  SampleGrids(out / "samples", cfg.sample)]
     if cfg.eval.every_n_epochs > 0:
         callbacks.append(SampleQuality(scorer, cfg.eval.every_n_epochs, cfg.eval.num_samples_during_training, cfg.seed))
-    trainer = make_trainer(cfg, callbacks, resumed=resumed_in_place(cfg))
+    trainer = make_trainer(cfg, callbacks, resumed=resumed_in_place(cfg), **({} if validating else {"limit_val_batches": 0}))
     failed = True
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
