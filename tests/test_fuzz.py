@@ -250,6 +250,13 @@ FOUND = [
     ("pixelcnn", "model.kernel_size=17", "model.kernel_size must be at most 15 for images of 8x8 px"),
     ("gmmn", "model.bandwidths=[{a:1},0.5]", "model.bandwidths must be a list of numbers"),
     ("vae", "model.hidden_dims=[{a:1}]", "model.hidden_dims must be a list of numbers"),
+    ("vae", "model.upper_layers=[[8,{a:1}]]", "model.upper_layers[0]=[8, {'a': 1}] has the wrong type: expected list[list[int]]"),
+    ("vae", "model.upper_layers=[[8,0]]", "model.upper_layers must be positive widths, got [8, 0]"),
+    ("vae", "model.upper_layers=[[8,nan]]", "model.upper_layers[0]=[8, nan] has the wrong type: expected list[list[int]]"),
+    ("iwae", "model.scheduler={name:burda,stages:0}", "model.scheduler.stages must be an integer in [1, 20], got 0"),
+    ("vae", "model.optimizer.eps=0", "model.optimizer.eps must be > 0, got 0"),
+    ("vae", "model.activation=gelu", "model.activation='gelu' is not one of: relu, tanh"),
+    ("vae", "data.val_fraction=0 eval.reference_split=val", "eval.reference_split=val needs a validation split"),
 ]
 
 
