@@ -15,6 +15,13 @@ log p(x | z_q) - L log K, so test/nll = -log p(x | z_q) + L log K (a bound, ``nl
 Samples use that uniform prior (poor by design); ``VQVAEPrior`` learns the prior with a gated PixelCNN
 over the code grid (section 3.2): test/nll = -log p(x | z_q) - log p_prior(codes), samples are prior
 draws decoded through the frozen VQ-VAE.
+
+Imputation (both, ``metropolis_within_gibbs``): a Markov chain over the code grid whose stationary law is
+p(codes | x_observed) ∝ p_prior(codes) p(x_observed | codes); the missing pixels are then the decoder's mean at
+the chain's last codes. Each code in raster order gets a Metropolis-Hastings proposal c' from the prior's
+conditional given the codes before it (uniform for the VQ-VAE alone), accepted with probability
+min(1, p_prior(c') p(x_o | c') q(c) / (p_prior(c) p(x_o | c) q(c'))): that proposal does not depend on the code
+it replaces, so q(c' | c) = q(c') and the chain is exact (``VQVAE.code_chain``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import Tensor, nn
 
 from dgmrun.checkpoint import load_model
 from dgmrun.errors import DgmrunError
-from dgmrun.models.base import GenerativeModel, reconstruction_grid
+from dgmrun.models.base import GenerativeModel, Progress, iterations, reconstruction_grid
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.masked import PixelCNNNet
 from dgmrun.schema import resolve_ckpt_path
@@ -36,6 +43,7 @@ from dgmrun.schema import resolve_ckpt_path
 
 class VQVAE(GenerativeModel):
     likelihood_kind = "bound"
+    imputation_methods = ("metropolis_within_gibbs",)
 
     def __init__(self, data_info: dict[str, Any], *, num_codes: int, code_dim: int, channels: Sequence[int],
                  commitment: float, ema_decay: float, restart_dead_codes: bool, optimizer: dict[str, Any],
@@ -159,6 +167,43 @@ class VQVAE(GenerativeModel):
         codes = torch.randint(0, self.num_codes, (n, *self.latent_shape), generator=generator, device=self.device)
         return self.decode_codes(codes)
 
+    def proposal_logits(self, codes: Tensor, row: int) -> Tensor:
+        """N×K×w logits of the imputation chain's proposals for the codes of ``row``: uniform."""
+        return torch.zeros(len(codes), self.num_codes, codes.shape[2], device=codes.device)
+
+    @torch.no_grad()
+    def code_chain(self, x: Tensor, missing: Tensor, sweeps: int, prior: "VQVAE | VQVAEPrior",
+                   generator: torch.Generator | None, progress: Progress) -> Tensor:
+        """Codes N×h×w after ``sweeps`` raster sweeps of Metropolis-within-Gibbs for p(codes | the pixels of x
+        not ``missing``) under ``prior`` (its ``prior_log_prob`` and ``proposal_logits``), started at x's codes."""
+        observed = ~missing
+
+        def log_target(codes: Tensor) -> Tensor:
+            return prior.prior_log_prob(codes) + self.likelihood.log_prob(self.decode(self.embed(codes)), x, observed)
+
+        codes = self.encode_codes(x)
+        current = log_target(codes)
+        h, w = self.latent_shape
+        for _ in iterations(sweeps, progress):
+            for i in range(h):
+                for j in range(w):
+                    log_q = torch.log_softmax(prior.proposal_logits(codes, i)[:, :, j].double(), dim=1)
+                    proposal = codes.clone()
+                    proposal[:, i, j] = torch.multinomial(log_q.exp(), 1, generator=generator).squeeze(1)
+                    proposed = log_target(proposal)
+                    log_ratio = (proposed - current + log_q.gather(1, codes[:, i, j, None]).squeeze(1)
+                                 - log_q.gather(1, proposal[:, i, j, None]).squeeze(1))
+                    u = torch.rand(len(x), generator=generator, device=x.device, dtype=torch.float64)
+                    accept = torch.log(u) < log_ratio
+                    codes = torch.where(accept[:, None, None], proposal, codes)
+                    current = torch.where(accept, proposed, current)
+        return codes
+
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
+        """``metropolis_within_gibbs`` over the codes under the uniform prior (module docstring)."""
+        return self.decode_codes(self.code_chain(x, missing, settings.iterations, self, generator, progress))
+
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
         return reconstruction_grid(x, lambda images: self.decode_codes(self.encode_codes(images)))
@@ -168,6 +213,7 @@ class VQVAEPrior(GenerativeModel):
     """A gated PixelCNN over the code grid of a trained, frozen VQ-VAE (``model.vqvae_ckpt``)."""
 
     likelihood_kind = "bound"
+    imputation_methods = ("metropolis_within_gibbs",)
 
     def __init__(self, data_info: dict[str, Any], *, vqvae_ckpt: str, channels: int, num_layers: int,
                  kernel_size: int, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
@@ -241,6 +287,17 @@ class VQVAEPrior(GenerativeModel):
                 probs = torch.softmax(self.code_logits(codes[:, : i + 1], last_row=True)[:, :, 0, j], dim=1)
                 codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return self.vqvae.decode_codes(codes)
+
+    def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
+                       progress: Progress) -> Tensor:
+        """``metropolis_within_gibbs`` over the codes, proposals from this prior's conditionals (module docstring)."""
+        codes = self.vqvae.code_chain(x, missing, settings.iterations, self, generator, progress)
+        return self.vqvae.decode_codes(codes)
+
+    def proposal_logits(self, codes: Tensor, row: int) -> Tensor:
+        """N×K×w: the prior's conditionals of the codes of ``row`` given the codes before each (the gated
+        PixelCNN's masks keep each position's logits from the codes at and after it)."""
+        return self.code_logits(codes[:, : row + 1], last_row=True)[:, :, 0]
 
     @torch.no_grad()
     def figures(self, x: Tensor) -> dict[str, Tensor]:
