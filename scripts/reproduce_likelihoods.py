@@ -166,20 +166,25 @@ def preset_epochs(preset: Preset) -> int:
     return next(int(line.split(":")[1]) for line in done.stdout.splitlines() if line.strip().startswith("max_epochs:"))
 
 
+def against(nll: float, reference: float | None) -> str:
+    """The reference's cells of a row: its NLL and dgmrun's difference from it (empty without a reference)."""
+    return " | " if reference is None else f"{reference:.2f} | {nll - reference:+.2f}"
+
+
 def table(results: dict[str, list[dict]]) -> str:
     lines = ["| model | paper (nats) | lectures | dgmrun test NLL | estimator | epochs | training | gap to paper | "
-             "hand-written reference |", "|---|---|---|---|---|---|---|---|---|"]
+             "hand-written reference (k = 1,000) | dgmrun - reference |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.items():
         preset = PRESETS[name]
         for row in rows:
             sem = f" ± {row['sem']:.2f}" if row.get("sem") is not None else ""
             spread = f" (AIS runs ± {row['spread']:.2f})" if row.get("spread") else ""
-            reference = preset.reference.get(row["stage"]) if row["stage"] is not None else None
+            reference = None if row.get("final") or row["stage"] is None else preset.reference.get(row["stage"])
             train_min = sum(r["train_s"] for r in rows[: rows.index(row) + 1]) / 60
             lines.append(f"| {name} ({preset.source}) | {preset.paper:.2f} | "
                          f"{'' if preset.lectures is None else f'{preset.lectures:.2f}'} | {row['nll']:.2f}{sem}{spread} | "
                          f"{row['estimator']} | {row['epochs']:.0f} | {train_min:.0f} min | {row['nll'] - preset.paper:+.2f} | "
-                         f"{'' if reference is None or row.get('final') else f'{reference:.2f}'} |")
+                         f"{against(row['nll'], reference)} |")
     return "\n".join(lines)
 
 
@@ -195,13 +200,14 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in results.items():
         points = [(r["epochs"], r["nll"]) for r in rows if not r.get("final") and r["stage"] is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=f"{name} (dgmrun)")
+        if not points:
+            continue
+        color = ax.plot(*zip(*points), marker="o", label=f"{name} (dgmrun)")[0].get_color()
         reference = PRESETS[name].reference
         if reference:
-            ax.plot([stage_end(i) for i in reference], list(reference.values()), ls="--", marker="x",
-                    label=f"{name} (hand-written reference)")
-        ax.axhline(PRESETS[name].paper, ls=":", lw=0.8, color=ax.lines[-1].get_color() if ax.lines else None)
+            ax.plot([stage_end(i) for i in reference], list(reference.values()), ls="--", marker="x", color=color,
+                    alpha=0.6, label=f"{name} (hand-written reference)")
+        ax.axhline(PRESETS[name].paper, ls=":", lw=0.8, color=color, label=f"{name} (paper, 3,280 epochs)")
     ax.set(xscale="log", xlabel="epochs", ylabel="test NLL (nats, k = 1,000)", title="MNIST, Burda et al.'s schedule")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -223,7 +229,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="models trained side by side")
     parser.add_argument("--out", default="outputs/reproduce_likelihoods")
     args = parser.parse_args()
-    if not (Path(args.data) / "train-images-idx3-ubyte.gz").exists() and not (Path(args.data) / "train-images-idx3-ubyte").exists():
+    if not any((Path(args.data) / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
         sys.exit(f"--data {args.data}: no MNIST training images there (train-images-idx3-ubyte[.gz])")
     if not 1 <= args.stages <= 8:
         sys.exit(f"--stages must be in 1..8, got {args.stages}")

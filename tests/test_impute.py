@@ -389,7 +389,8 @@ def test_vqvae_code_chain_draws_the_exact_posterior_over_codes(prior):
     missing[..., 1:3, 2:7] = True
     grids = torch.tensor(list(itertools.product(range(3), repeat=2))).view(9, 1, 2)
     with torch.no_grad():
-        log_px = model.likelihood.log_prob(model.decode(model.embed(grids)), x.expand(9, -1, -1, -1), ~missing.expand(9, -1, -1, -1))
+        log_px = model.likelihood.log_prob(model.decode(model.embed(grids)), x.expand(9, -1, -1, -1),
+                                           ~missing.expand(9, -1, -1, -1))
         exact = torch.softmax((prior_model.prior_log_prob(grids) + log_px).double(), 0)
     n = 20_000
     codes = model.code_chain(x.expand(n, -1, -1, -1), missing.expand(n, -1, -1, -1), 15, prior_model,

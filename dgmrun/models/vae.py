@@ -52,8 +52,9 @@ class VAE(GenerativeModel):
     imputation_methods = ("pseudo_gibbs", "metropolis_within_gibbs")
 
     def __init__(self, data_info: dict[str, Any], *, latent_dim: int, arch: str, hidden_dims: Sequence[int],
-                 activation: str, upper_layers: Sequence[Sequence[int]], channels: Sequence[int], likelihood: str, learn_variance: bool, beta: float, kl_warmup_steps: int,
-                 optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
+                 activation: str, upper_layers: Sequence[Sequence[int]], channels: Sequence[int], likelihood: str,
+                 learn_variance: bool, beta: float, kl_warmup_steps: int, optimizer: dict[str, Any],
+                 scheduler: dict[str, Any] | None):
         super().__init__(data_info, optimizer, scheduler)
         self.save_hyperparameters()
         info = self.data_info
@@ -61,19 +62,19 @@ class VAE(GenerativeModel):
         self.likelihood = make_likelihood(likelihood, info.levels, learn_variance)
         self.latent_dim, self.beta, self.kl_warmup_steps = latent_dim, beta, kl_warmup_steps
         out_per_dim = self.likelihood.num_params
+        act = ACTIVATIONS[activation]
         if self.arch == "conv":
             self.encoder = conv_encoder(info.shape, channels, 2 * latent_dim)
             self.decoder = conv_decoder(latent_dim, info.shape, channels, out_per_dim * info.shape[0])
         else:
-            act = ACTIVATIONS[activation]
             self.encoder = torch.nn.Sequential(torch.nn.Flatten(), mlp(info.num_dims, hidden_dims, 2 * latent_dim, act))
             self.decoder = mlp(latent_dim, list(reversed(hidden_dims)), out_per_dim * info.num_dims, act)
         # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) of each stochastic layer above z_1, from z_1 up.
         self.upper_encoders, self.upper_decoders = torch.nn.ModuleList(), torch.nn.ModuleList()
         below = latent_dim
         for *hidden, width in upper_layers:
-            self.upper_encoders.append(mlp(below, hidden, 2 * width, ACTIVATIONS[activation]))
-            self.upper_decoders.append(mlp(width, list(reversed(hidden)), 2 * below, ACTIVATIONS[activation]))
+            self.upper_encoders.append(mlp(below, hidden, 2 * width, act))
+            self.upper_decoders.append(mlp(width, list(reversed(hidden)), 2 * below, act))
             below = width
         self.top_dim = below
         if upper_layers:  # its chain would have to carry the whole path z_1..L
@@ -115,7 +116,8 @@ class VAE(GenerativeModel):
         for encoder, decoder in zip(self.upper_encoders, self.upper_decoders):
             mu, logvar = gaussian_params(encoder, below)
             above = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            log_ratio = log_ratio - gaussian_log_density(above, mu, logvar) + gaussian_log_density(below, *gaussian_params(decoder, above))
+            log_ratio = (log_ratio - gaussian_log_density(above, mu, logvar)
+                         + gaussian_log_density(below, *gaussian_params(decoder, above)))
             below = above
         return z, log_ratio + prior_log_density(below)
 
