@@ -40,11 +40,12 @@ TRAINING = {
     "rbm": ["model=rbm", "data=mnist"],
     "nade": ["model=nade", "data=mnist"],
     "pixelcnn": ["model=pixelcnn", "data=mnist"],
+    "vqvae": ["experiment=vqvae_mnist"],
     "ddpm": ["experiment=ddpm_mnist"],
 }
 # The imputation method of each family for centred squares (NADE and PixelCNN: exact only for bottom halves).
 METHOD = {"vae": "pseudo_gibbs", "iwae": "pseudo_gibbs", "rbm": "gibbs", "nade": "gibbs", "pixelcnn": "gibbs",
-          "ddpm": "repaint"}
+          "vqvae": "metropolis_within_gibbs", "ddpm": "repaint"}
 LECTURES = {  # error % for sizes 6 / 8 / 10 / 12 (the max-margin DGM slides)
     "CNN on corrupted digits": [7.5, 18.8, 30.3, 47.2],
     "CVA imputation": [2.5, 4.2, 8.4, 18.3],
