@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dgmrun.models.base import burda_stage_end
+
 @dataclass
 class Preset:
     overrides: list[str]
@@ -55,11 +57,6 @@ PRESETS = {
     "nade": Preset(["experiment=nade_mnist"], 88.33, "Larochelle & Murray 2011"),
     "pixelcnn": Preset(["experiment=pixelcnn_mnist"], 81.30, "van den Oord et al. 2016"),
 }
-
-
-def stage_end(stage: int) -> int:
-    """Epochs at the end of Burda's stage ``stage`` (0-based): 1, 4, 13, 40, 121, 364, 1093, 3280."""
-    return (3 ** (stage + 1) - 1) // 2
 
 
 def run_dgmrun(args: list[str], log: Path, threads: int) -> float:
@@ -129,7 +126,7 @@ def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
     data = [f"data.root={Path(args.data).resolve()}"]
     budget_s = args.hours * 3600 if args.hours else math.inf
     if preset.burda:
-        targets = [(i, stage_end(i)) for i in range(args.stages)]
+        targets = [(i, burda_stage_end(i)) for i in range(args.stages)]
     else:
         targets = [(None, max(1, round(args.epochs_scale * preset_epochs(preset))))]
     for stage, epochs in targets:
@@ -205,7 +202,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
         color = ax.plot(*zip(*points), marker="o", label=f"{name} (dgmrun)")[0].get_color()
         reference = PRESETS[name].reference
         if reference:
-            ax.plot([stage_end(i) for i in reference], list(reference.values()), ls="--", marker="x", color=color,
+            ax.plot([burda_stage_end(i) for i in reference], list(reference.values()), ls="--", marker="x", color=color,
                     alpha=0.6, label=f"{name} (hand-written reference)")
         ax.axhline(PRESETS[name].paper, ls=":", lw=0.8, color=color, label=f"{name} (paper, 3,280 epochs)")
     ax.set(xscale="log", xlabel="epochs", ylabel="test NLL (nats, k = 1,000)", title="MNIST, Burda et al.'s schedule")

@@ -11,13 +11,14 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from dgmrun.models.base import build_model, burda_stage
+from dgmrun.models.base import build_model, burda_stage, burda_stage_end
 from dgmrun.models.nade import NADE
 from dgmrun.schema import validate
 from tests.conftest import compose_config
 
 
 def test_burda_stages_are_3_to_the_i_epochs_at_lr_times_10_to_the_minus_i_over_7():
+    assert [burda_stage_end(i) for i in range(8)] == [1, 4, 13, 40, 121, 364, 1093, 3280]
     assert [burda_stage(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 120, 121, 363, 364, 3279)] == \
         [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7]
     model = NADE.build({"name": "digits", "shape": [1, 2, 2], "num_classes": 0, "levels": 2}, hidden_dim=2,

@@ -53,11 +53,16 @@ def make_optimizer(params: Any, settings: dict[str, Any]) -> torch.optim.Optimiz
                             weight_decay=weight_decay, fused=True)
 
 
+def burda_stage_end(stage: int) -> int:
+    """Epochs at the end of stage ``stage`` (0-based) of Burda et al. 2015's schedule, whose stage i is 3**i
+    epochs long: 1, 4, 13, 40, 121, 364, 1093, 3280."""
+    return (3 ** (stage + 1) - 1) // 2
+
+
 def burda_stage(epoch: int) -> int:
-    """The stage i of Burda et al. 2015's schedule that (0-based) ``epoch`` is in: stage i is 3**i epochs long,
-    so stages 0..i end after (3**(i+1) - 1) / 2 epochs: 1, 4, 13, 40, 121, 364, 1093, 3280."""
+    """The stage of Burda et al.'s schedule that (0-based) ``epoch`` is in."""
     stage = 0
-    while epoch >= (3 ** (stage + 1) - 1) // 2:
+    while epoch >= burda_stage_end(stage):
         stage += 1
     return stage
 
