@@ -379,7 +379,7 @@ def _tiny_vqvae():
 @pytest.mark.parametrize("prior", ["uniform", "table"])
 def test_vqvae_code_chain_draws_the_exact_posterior_over_codes(prior):
     """The 3 x 3 code grids of a 4x8 image, enumerated: p(codes | x_o) ∝ p_prior(codes) p(x_o | codes), against
-    the codes of 20,000 chains (chi-square, 8 degrees of freedom, p = 0.001); with the table prior the proposals
+    the codes of 10,000 chains (chi-square, 8 degrees of freedom, p = 0.001); with the table prior the proposals
     are not the target's conditionals, so a wrong Hastings correction would show."""
     model = _tiny_vqvae()
     prior_model = model if prior == "uniform" else TablePrior(3)
@@ -392,8 +392,8 @@ def test_vqvae_code_chain_draws_the_exact_posterior_over_codes(prior):
         log_px = model.likelihood.log_prob(model.decode(model.embed(grids)), x.expand(9, -1, -1, -1),
                                            ~missing.expand(9, -1, -1, -1))
         exact = torch.softmax((prior_model.prior_log_prob(grids) + log_px).double(), 0)
-    n = 20_000
-    codes = model.code_chain(x.expand(n, -1, -1, -1), missing.expand(n, -1, -1, -1), 15, prior_model,
+    n = 10_000
+    codes = model.code_chain(x.expand(n, -1, -1, -1), missing.expand(n, -1, -1, -1), 8, prior_model,
                              torch.Generator().manual_seed(7), lambda done, total: None)
     counts = torch.bincount(codes[:, 0, 0] * 3 + codes[:, 0, 1], minlength=9).double()
     chi2 = ((counts - n * exact) ** 2 / (n * exact)).sum().item()
