@@ -91,10 +91,11 @@ def progress(last_ckpt: Path) -> tuple[int, float]:
     return state["global_step"], state["global_step"] / steps_per_epoch
 
 
-def evaluate(run: Path, k: int | None, threads: int, seed: int = 0) -> dict:
-    """Test metrics of the run's last.ckpt, with k importance samples where given (else the preset's protocol)."""
+def evaluate(run: Path, steps: int, k: int | None, threads: int, seed: int = 0) -> dict:
+    """Test metrics of the run's last.ckpt (after ``steps`` updates), with k importance samples where given (else
+    the preset's protocol)."""
     name = f"eval_k{k}" if k else "eval"
-    out = run / "eval" / f"{name}_step{progress(run / 'checkpoints' / 'last.ckpt')[0]}_seed{seed}"
+    out = run / "eval" / f"{name}_step{steps}_seed{seed}"
     if not (out / "metrics.json").exists():
         extra = [f"eval.num_importance_samples={k}"] if k else []
         seconds = run_dgmrun(["task=eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *extra, f"seed={seed}",
@@ -138,7 +139,7 @@ def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
         train_s = train_to(run, preset, data, epochs, budget_s - spent, args.threads)
         steps, reached = progress(run / "checkpoints" / "last.ckpt")
         k = args.eval_k if preset.burda else None
-        metrics = evaluate(run, k, args.threads)
+        metrics = evaluate(run, steps, k, args.threads)
         rows.append({"model": name, "stage": stage, "target_epochs": epochs, "epochs": reached, "steps": steps,
                      "train_s": train_s, "nll": metrics["test/nll"], "sem": metrics.get("test/nll_sem"),
                      "spread": metrics.get("test/nll_std"), "estimator": metrics.get("test/nll_estimator"),
@@ -148,7 +149,7 @@ def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
         print(f"{name}: {reached:.1f} epochs, test NLL {metrics['test/nll']:.2f} ({rows[-1]['estimator']}), "
               f"train {sum(r['train_s'] for r in rows) / 60:.1f} min", flush=True)
     if preset.burda and args.final_k and rows and not any(r.get("final") for r in rows):
-        metrics = evaluate(run, args.final_k, args.threads)
+        metrics = evaluate(run, rows[-1]["steps"], args.final_k, args.threads)
         rows.append({**rows[-1], "final": True, "nll": metrics["test/nll"], "sem": metrics.get("test/nll_sem"),
                      "estimator": metrics.get("test/nll_estimator"), "eval_s": metrics["eval_wall_s"], "train_s": 0.0})
         with curve_file.open("a") as f:
