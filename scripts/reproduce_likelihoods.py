@@ -12,7 +12,7 @@ run dir (``ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=<stage end>`
 continues where it stopped: stages already evaluated are read from ``<out>/<model>/curve.jsonl``.
 The other presets train for their own epochs times ``--epochs-scale``. ``--hours`` caps the training time
 of each model (trainer.max_time); a model that runs out is evaluated where it stopped, and the table says
-how far it got. The table goes to ``<out>/table.md``, the curve of test NLL against epochs to
+how far it got. The table of every model evaluated in ``<out>`` so far goes to ``<out>/table.md``, the curve of test NLL against epochs to
 ``<out>/nll_curve.png`` (with matplotlib).
 """
 
@@ -119,11 +119,16 @@ def train_to(run: Path, preset: Preset, data: list[str], epochs: int, seconds_le
                        "task.test=false"], run / "log.txt", threads)
 
 
+def read_curve(curve_file: Path) -> list[dict]:
+    """The rows of a model's evaluations so far (none before its first)."""
+    return [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
+
+
 def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
     """Train and evaluate one preset; its rows (one per evaluation), also kept in <out>/<name>/curve.jsonl."""
     preset, run = PRESETS[name], Path(args.out).resolve() / name
     curve_file = run / "curve.jsonl"
-    rows = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
+    rows = read_curve(curve_file)
     data = [f"data.root={Path(args.data).resolve()}"]
     budget_s = args.hours * 3600 if args.hours else math.inf
     if preset.burda:
@@ -232,9 +237,11 @@ def main() -> None:
     if not 1 <= args.stages <= 8:
         sys.exit(f"--stages must be in 1..8, got {args.stages}")
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        results = dict(zip(args.models, pool.map(lambda name: reproduce(name, args), args.models)))
-    text = table(results)
+        list(pool.map(lambda name: reproduce(name, args), args.models))
+    # The table and plot of every model evaluated in --out, this invocation's and earlier ones'.
     out = Path(args.out)
+    results = {name: rows for name in PRESETS if (rows := read_curve(out.resolve() / name / "curve.jsonl"))}
+    text = table(results)
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "nll_curve.png")
     print(text)
