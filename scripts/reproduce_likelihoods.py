@@ -12,8 +12,8 @@ run dir (``ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=<stage end>`
 continues where it stopped: stages already evaluated are read from ``<out>/<model>/curve.jsonl``.
 The other presets train for their own epochs times ``--epochs-scale``. ``--hours`` caps the training time
 of each model (trainer.max_time); a model that runs out is evaluated where it stopped, and the table says
-how far it got. The table of every model evaluated in ``<out>`` so far goes to ``<out>/table.md``, the curve of test NLL against epochs to
-``<out>/nll_curve.png`` (with matplotlib).
+how far it got. The table of every model evaluated in ``<out>`` so far goes to ``<out>/table.md``, the
+curve of test NLL against epochs to ``<out>/nll_curve.png`` (with matplotlib).
 """
 
 from __future__ import annotations
