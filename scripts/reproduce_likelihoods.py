@@ -124,8 +124,8 @@ def read_curve(curve_file: Path) -> list[dict]:
     return [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
 
 
-def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
-    """Train and evaluate one preset; its rows (one per evaluation), also kept in <out>/<name>/curve.jsonl."""
+def reproduce(name: str, args: argparse.Namespace) -> None:
+    """Train and evaluate one preset, one row per evaluation appended to <out>/<name>/curve.jsonl."""
     preset, run = PRESETS[name], Path(args.out).resolve() / name
     curve_file = run / "curve.jsonl"
     rows = read_curve(curve_file)
@@ -159,7 +159,6 @@ def reproduce(name: str, args: argparse.Namespace) -> list[dict]:
                      "estimator": metrics.get("test/nll_estimator"), "eval_s": metrics["eval_wall_s"], "train_s": 0.0})
         with curve_file.open("a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
-    return rows
 
 
 def preset_epochs(preset: Preset) -> int:
@@ -237,7 +236,7 @@ def main() -> None:
     if not 1 <= args.stages <= 8:
         sys.exit(f"--stages must be in 1..8, got {args.stages}")
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        list(pool.map(lambda name: reproduce(name, args), args.models))
+        list(pool.map(lambda name: reproduce(name, args), args.models))  # list(): a model's error is raised here
     # The table and plot of every model evaluated in --out, this invocation's and earlier ones'.
     out = Path(args.out)
     results = {name: rows for name in PRESETS if (rows := read_curve(out.resolve() / name / "curve.jsonl"))}
