@@ -141,6 +141,7 @@ def measure_hand(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from dgmrun.callbacks import NetworkSpeedups
     from dgmrun.models.base import build_model
 
     case = CASES[name]
@@ -149,6 +150,8 @@ def measure_hand(name: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = build_model(cfg.model, datamodule.info).to(device)
+    if cfg.trainer.compile or cfg.trainer.channels_last:  # the same networks as dgmrun's (trainer.compile=true ...)
+        NetworkSpeedups(cfg.trainer.compile, cfg.trainer.channels_last).setup(None, model, "fit")
     x_train, y_train = (t.to(device) for t in datamodule.split_tensors("train"))
     x_val, y_val = (t.to(device) for t in datamodule.split_tensors("val"))
     dynamic = cfg.data.get("binarize") == "dynamic"

@@ -78,3 +78,49 @@ def test_checkpoints_kept_in_memory_between_writes_end_as_the_last_and_the_best(
         assert last_writes == [3, 6, 9, 12]
     else:
         assert last_writes == [3, 12] and len(written) <= 4
+
+
+def test_channels_last_trains_the_conv_nets_in_that_order_and_checkpoints_load_eagerly(cfg_factory, monkeypatch):
+    """trainer.channels_last=true through the train task: the conv weights are channels-last while training,
+    and the checkpoint's parameter names are those of a model built without it."""
+    seen: list[bool] = []
+
+    class Order(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            convs = [p for p in pl_module.parameters() if p.dim() == 4]
+            seen.append(bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs))
+
+    import dgmrun.tasks.train as train_task
+
+    cfg = cfg_factory("trainer.channels_last=true", "model.arch=conv", "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=2", "task.test=false", "sample.num=4", "model.latent_dim=4")
+    validate(cfg)
+    original = train_task.make_trainer
+    monkeypatch.setattr(train_task, "make_trainer",
+                        lambda cfg, callbacks, **kw: original(cfg, [*callbacks, Order()], **kw))
+    train(cfg)
+    assert seen == [True, True]
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    eager = build_model(cfg.model, instantiate(cfg.data).info)
+    eager.load_state_dict(state)  # strict: the same names
+
+
+def test_compile_compiles_each_network_forward_and_keeps_outputs_and_names():
+    from torch._dynamo.utils import counters
+
+    from dgmrun.callbacks import NetworkSpeedups
+
+    class Model(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
+            self.scale = torch.nn.Parameter(torch.ones(()))  # not a network: left alone
+
+    torch.manual_seed(0)
+    model, x = Model(), torch.randn(5, 3)
+    names, eager = list(model.state_dict()), model.net(x)
+    counters.clear()
+    NetworkSpeedups(compile=True, channels_last=False).setup(None, model, "fit")
+    torch.testing.assert_close(model.net(x), eager)
+    assert counters["frames"]["ok"] >= 1  # a graph was captured and run
+    assert list(model.state_dict()) == names

@@ -170,6 +170,10 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     deterministic: Any = False
     enable_progress_bar: bool = True
+    # dgmrun's own (not Lightning's): torch.compile of the networks, and conv weights in channels-last order
+    # (measured in the README's Performance section).
+    compile: bool = False
+    channels_last: bool = False
 
     def check(self) -> None:
         require(self.max_epochs is None or self.max_epochs >= -1, f"trainer.max_epochs must be >= -1, got {self.max_epochs}")

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import dgmrun
-from dgmrun.callbacks import progress_bar
+from dgmrun.callbacks import NetworkSpeedups, progress_bar
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
@@ -204,6 +204,9 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = 
         _prepare_ddp_relaunch()
         if trainer_cfg.get("accelerator") == "cpu":
             _share_cpu_threads(int(trainer_cfg.get("devices") or 1))
+    speedups = {key: bool(trainer_cfg.pop(key, False)) for key in ("compile", "channels_last")}
+    if any(speedups.values()):
+        callbacks = [*callbacks, NetworkSpeedups(**speedups)]
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks = [*callbacks, progress_bar()]
     try:
