@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="of each conditional sampler (lectures: 100)")
     parser.add_argument("--checkpoint", nargs="*", default=[], metavar="FAMILY=RUN_DIR",
                         help="a trained run to impute with instead of training one")
+    parser.add_argument("--method", nargs="*", default=[], metavar="FAMILY=METHOD",
+                        help=f"an imputation method other than the family's default ({METHOD})")
+    parser.add_argument("--num-samples", type=int, default=1, help="imputations per digit, averaged (impute.num_samples)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each dgmrun run")
     parser.add_argument("--out", default="outputs/imputation_table")
     args = parser.parse_args()
@@ -117,6 +120,8 @@ def main() -> None:
         sys.exit(f"--root {args.root}: no such directory (it holds the MNIST IDX files)")
     out, data = Path(args.out).resolve(), [f"data.root={Path(args.root).resolve()}"]
     given = dict(item.split("=", 1) for item in args.checkpoint)
+    methods = {**METHOD, **dict(item.split("=", 1) for item in args.method)}
+    samples = f"-x{args.num_samples}" if args.num_samples > 1 else ""
     dgmrun(["task=train_evaluator", "data=mnist", *data], out / "evaluator", args.threads)
     rows: list[tuple[str, dict[int, dict]]] = []
     wall: dict[str, float] = {}
@@ -128,9 +133,9 @@ def main() -> None:
         results = {}
         for size in args.sizes:
             results[size] = dgmrun(["task=impute", f"ckpt_path={run}", f"impute.size={size}",
-                                    f"impute.method={METHOD[family]}", f"impute.iterations={args.iterations}",
-                                    f"impute.num_examples={args.num_examples}"], out / f"impute-{family}-{size}",
-                                   args.threads)
+                                    f"impute.method={methods[family]}", f"impute.iterations={args.iterations}",
+                                    f"impute.num_samples={args.num_samples}", f"impute.num_examples={args.num_examples}"],
+                                   out / f"impute-{family}-{methods[family]}{samples}-{size}", args.threads)
         rows.append((family, results))
     first_family, first = rows[0]
     first_run = Path(given.get(first_family, out / f"train-{first_family}"))
@@ -154,7 +159,7 @@ def main() -> None:
     for name, by_size in reference.items():
         row(f"{name} ({first_family}'s data)", [scored(*by_size[k]) for k in args.sizes])
     for family, results in rows:
-        row(f"dgmrun {family} ({METHOD[family]})",
+        row(f"dgmrun {family} ({methods[family]}{f', mean of {args.num_samples}' if samples else ''})",
             [scored(results[k]["impute/error_imputed"], results[k]["impute/mse"]) for k in args.sizes])
     if args.sizes == [6, 8, 10, 12]:
         for name, values in LECTURES.items():

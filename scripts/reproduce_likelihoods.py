@@ -119,6 +119,11 @@ def train_to(run: Path, preset: Preset, data: list[str], epochs: int, seconds_le
                        "task.test=false"], run / "log.txt", threads)
 
 
+def curve_path(out: str | Path, name: str) -> Path:
+    """Where a model's evaluations are kept, one JSON row each."""
+    return Path(out).resolve() / name / "curve.jsonl"
+
+
 def read_curve(curve_file: Path) -> list[dict]:
     """The rows of a model's evaluations so far (none before its first)."""
     return [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
@@ -126,8 +131,8 @@ def read_curve(curve_file: Path) -> list[dict]:
 
 def reproduce(name: str, args: argparse.Namespace) -> None:
     """Train and evaluate one preset, one row per evaluation appended to <out>/<name>/curve.jsonl."""
-    preset, run = PRESETS[name], Path(args.out).resolve() / name
-    curve_file = run / "curve.jsonl"
+    preset, curve_file = PRESETS[name], curve_path(args.out, name)
+    run = curve_file.parent
     rows = read_curve(curve_file)
     data = [f"data.root={Path(args.data).resolve()}"]
     budget_s = args.hours * 3600 if args.hours else math.inf
@@ -239,7 +244,7 @@ def main() -> None:
         list(pool.map(lambda name: reproduce(name, args), args.models))  # list(): a model's error is raised here
     # The table and plot of every model evaluated in --out, this invocation's and earlier ones'.
     out = Path(args.out)
-    results = {name: rows for name in PRESETS if (rows := read_curve(out.resolve() / name / "curve.jsonl"))}
+    results = {name: rows for name in PRESETS if (rows := read_curve(curve_path(out, name)))}
     text = table(results)
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "nll_curve.png")
