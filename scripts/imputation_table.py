@@ -9,7 +9,8 @@ image, and the mean of the 10 training digits nearest on the observed pixels.
 
     python scripts/imputation_table.py --root ../shared/data/mnist-full                # VAE and RBM, 10,000 digits
     python scripts/imputation_table.py --families vae rbm nade --epochs 5 --num-examples 2000
-    python scripts/imputation_table.py --checkpoint vae=outputs/2026-12-02/10-00-00 --families vae
+    python scripts/imputation_table.py --checkpoint vae=outputs/2026-12-02/10-00-00 --families vae \
+        --method vae=metropolis_within_gibbs --num-samples 10
 
 Runs already finished (a metrics.json in their dir under --out) are read, not run again. The evaluator
 classifier is trained first if there is none for these files (``dgmrun task=train_evaluator``).
