@@ -29,6 +29,10 @@ CHECKPOINT_GROUPS = ("model", "data")
 # Trainer keys that resumed training takes from its checkpoint unless the command line sets them: the
 # budget of the run. The other trainer keys (accelerator, precision, ...) belong to the new command.
 BUDGET_KEYS = ("max_epochs", "max_steps", "max_time")
+# The trainer keys that describe the machine, not the run: a run resumed elsewhere takes this command's.
+MACHINE_KEYS = ("accelerator", "devices", "num_nodes", "strategy")
+# The groups a resumed run keeps (beside model and data) where the command line does not set a key.
+RESUMED_GROUPS = ("trainer", "eval", "task")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -77,8 +81,10 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
     class (its settings are then the checkpoint's), and another class is refused. A data group chosen
     anew (``data=mnist``) replaces the stored one (``validate`` then checks its shape against the
     checkpoint's). A key set on either group (``model.beta=2``, ``data.root=...``) changes the stored value.
-    ``task=train`` (resuming) also keeps the stored budget (``BUDGET_KEYS``) of each key not set on the
-    command line (``trainer.max_epochs=20``). Every task keeps the stored ``sample`` keys that the model
+    ``task=train`` (resuming) also keeps the stored ``trainer`` (but its ``MACHINE_KEYS``), ``eval`` and ``task``
+    settings not set on the command line: its budget (``trainer.max_epochs=20`` extends it), gradient clipping,
+    precision, logging interval and the test's protocol are the run's own; a group chosen anew (``trainer=gpu``)
+    keeps only the budget. Every task keeps the stored ``sample`` keys that the model
     takes as its ``sampler_options`` (DDPM: sampler, steps, eta, guidance) unless the command line sets them:
     a checkpoint of ``experiment=ddpm_mnist`` samples with its 50 DDIM steps.
     """
@@ -102,7 +108,8 @@ def merge_with_checkpoint(cfg: DictConfig, stored: dict[str, Any], overrides: li
         with open_dict(merged):
             merged[group] = node
     set_here = {o.key_or_group for o in parsed}
-    kept = [("trainer", key) for key in BUDGET_KEYS if cfg.task.name == "train"]
+    kept = [(group, key) for group in RESUMED_GROUPS for key in stored.get(group, {}) if cfg.task.name == "train"
+            and (key in BUDGET_KEYS if group in set_here else not (group == "trainer" and key in MACHINE_KEYS))]
     try:
         model_class = get_class(str(stored["model"]["_target_"]))
     except (ImportError, ValueError):  # a user's class gone: building the model says so

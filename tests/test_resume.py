@@ -214,3 +214,18 @@ def test_resumed_training_keeps_the_checkpoints_budget_unless_the_command_line_s
     overrides = [*resume_overrides, "ckpt_path=x.ckpt"]
     merged = merge_with_checkpoint(cfg_factory(*overrides), OmegaConf.to_container(stored), overrides)
     assert {k: merged.trainer[k] for k in expected} == expected
+
+
+def test_resuming_keeps_the_runs_own_trainer_eval_and_task_settings(tmp_path):
+    """Only the budget was kept before: a resumed run lost its gradient clipping, logging interval and the
+    test's protocol (a preset's k = 5,000 importance samples fell back to the default 100)."""
+    run = tmp_path / "run"
+    train(run, *VAE, "trainer.max_epochs=1", "trainer.gradient_clip_val=0.5", "task.test=false",
+          "task.checkpoint_every_s=7", "trainer.limit_train_batches=3")
+    train(tmp_path / "cmd", "trainer.max_epochs=2", "trainer.accelerator=cpu", f"ckpt_path={run}")
+    stored = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["dgmrun"]["config"]
+    assert stored["trainer"]["max_epochs"] == 2  # the command line's
+    assert (stored["trainer"]["gradient_clip_val"], stored["trainer"]["limit_train_batches"]) == (0.5, 3)
+    assert stored["eval"]["num_importance_samples"] == 4
+    assert (stored["task"]["test"], stored["task"]["checkpoint_every_s"]) == (False, 7)
+    assert not (run / "metrics.json").exists() or "test/nll" not in json.loads((run / "metrics.json").read_text())
