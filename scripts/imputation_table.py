@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--method", nargs="*", default=[], metavar="FAMILY=METHOD",
                         help=f"an imputation method other than the family's default ({METHOD})")
     parser.add_argument("--num-samples", type=int, default=1, help="imputations per digit, averaged (impute.num_samples)")
+    parser.add_argument("--impute-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more overrides of every task=impute run (eval.num_importance_samples=1000, say)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each dgmrun run")
     parser.add_argument("--out", default="outputs/imputation_table")
     args = parser.parse_args()
@@ -135,7 +137,8 @@ def main() -> None:
         for size in args.sizes:
             results[size] = dgmrun(["task=impute", f"ckpt_path={run}", f"impute.size={size}",
                                     f"impute.method={methods[family]}", f"impute.iterations={args.iterations}",
-                                    f"impute.num_samples={args.num_samples}", f"impute.num_examples={args.num_examples}"],
+                                    f"impute.num_samples={args.num_samples}", f"impute.num_examples={args.num_examples}",
+                                    *args.impute_overrides],
                                    out / f"impute-{family}-{methods[family]}{samples}-{size}", args.threads)
         rows.append((family, results))
     first_family, first = rows[0]
