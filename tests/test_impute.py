@@ -148,7 +148,8 @@ def test_task_impute_writes_metrics_and_the_imputations(cfg_factory, family):
 
     checkpoint = {"vae": FIXTURE_VAE, "ddpm": FIXTURE_DDPM}[family]
     cfg = cfg_factory("task=impute", f"ckpt_path={checkpoint}", "impute.size=4", "impute.iterations=10",
-                      "impute.num_examples=40", "impute.num_samples=2", "impute.resamplings=2", "impute.jump=5")
+                      "impute.num_examples=40", "impute.num_samples=2", "impute.resamplings=2", "impute.jump=5",
+                      "eval.num_importance_samples=7")
     validate(cfg)
     mse = impute(cfg)
     out = Path(cfg.paths.output_dir)
@@ -158,6 +159,7 @@ def test_task_impute_writes_metrics_and_the_imputations(cfg_factory, family):
     assert metrics["impute/protocol"].startswith(f"mask center 4x4; fill noise; method {method}")
     if family == "vae":  # the conditional NLL of the missing pixels, a few nats for 16 binary pixels
         assert metrics["impute/nll_missing_kind"].startswith("estimate") and 0 < metrics["impute/nll_missing"] < 16
+        assert metrics["impute/nll_missing_kind"].endswith("k=7)")  # the command line's eval settings
     else:
         assert "impute/nll_missing" not in metrics
     saved = np.load(out / "imputed.npz")

@@ -33,6 +33,7 @@ def impute(cfg: DictConfig) -> float:
     settings = cfg.impute
     device = pick_device(cfg)
     model = model_from_checkpoint(checkpoint, cfg.ckpt_path, cfg.model).to(device).eval()
+    model.eval_settings = dict(cfg.eval)  # eval.num_importance_samples: the VAE's estimates of the missing pixels
     settings.method = method_of(model, settings.method)
     datamodule = instantiate(cfg.data, _convert_="all")
     x, y = datamodule.split_tensors("test")
