@@ -120,7 +120,7 @@ class NetworkSpeedups(pl.Callback):
     """``trainer.channels_last`` (the 4-d weights of conv nets in channels-last memory order) and
     ``trainer.compile`` (torch.compile of each network's forward), applied to the model's networks (its
     child modules with parameters) when the trainer sets it up. The forward is compiled on the module
-    itself, so parameter names, checkpoints and the EMA swap are unchanged."""
+    itself, so parameter names and checkpoints are unchanged."""
 
     def __init__(self, compile: bool, channels_last: bool) -> None:
         self.compile, self.channels_last = compile, channels_last

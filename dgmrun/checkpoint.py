@@ -26,8 +26,7 @@ from dgmrun.schema import resolve_ckpt_path
 
 # Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
 CHECKPOINT_GROUPS = ("model", "data")
-# Trainer keys that resumed training takes from its checkpoint unless the command line sets them: the
-# budget of the run. The other trainer keys (accelerator, precision, ...) belong to the new command.
+# Trainer keys that resumed training keeps even under a trainer group chosen anew (trainer=gpu): the budget.
 BUDGET_KEYS = ("max_epochs", "max_steps", "max_time")
 # The trainer keys that describe the machine, not the run: a run resumed elsewhere takes this command's.
 MACHINE_KEYS = ("accelerator", "devices", "num_nodes", "strategy")

@@ -196,7 +196,8 @@ class VAE(GenerativeModel):
         exactly p(z, x_missing | x_observed): z' ~ q(z | x) is proposed for the current completion x and
         accepted with probability min(1, p(x, z') q(z | x) / (p(x, z) q(z' | x))), then x_missing ~ p(x_missing | z);
         the imputation is the decoder's output at the chain's last z (its mean for images, as for pseudo-Gibbs:
-        pixels drawn from it are draws of the exact conditional). ``settings.iterations`` steps of either."""
+        pixels drawn from it are draws of the exact conditional). ``settings.iterations`` steps of either.
+        ``importance``: the ``conditional_mean``, its proposal fitted in ``settings.iterations`` steps."""
         if settings.method == "importance":
             return self.conditional_mean(x, ~missing, settings.iterations, generator, progress)
         current = x
