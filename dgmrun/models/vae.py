@@ -16,7 +16,7 @@ log q(z | x) - log p(z) (no closed form), and z in the importance weights is the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,11 @@ def gaussian_params(net: torch.nn.Module, inputs: Tensor) -> tuple[Tensor, Tenso
     """The mean and (clamped) log-variance of a diagonal Gaussian whose parameters ``net`` outputs."""
     mu, logvar = net(inputs).chunk(2, dim=-1)
     return mu, logvar.clamp(-12, 8)
+
+
+def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)), per example."""
+    return 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
 
 
 def prior_log_density(z: Tensor) -> Tensor:
@@ -102,16 +107,15 @@ class VAE(GenerativeModel):
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         reconstruction = self.likelihood.log_prob(self.decode(z), x)
-        kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
-        return reconstruction, kl
+        return reconstruction, kl_to_prior(mu, logvar)
 
-    def latent_draws(self, x: Tensor, num_samples: int, posterior: tuple[Tensor, Tensor] | None = None
-                     ) -> tuple[Tensor, Tensor]:
+    def latent_draws(self, x: Tensor, num_samples: int, posterior: tuple[Tensor, Tensor] | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """z_1..L ~ q(z | x), ``num_samples`` paths per example: (z_1, of shape (num_samples, batch, latent_dim);
         log p(z_1..L) - log q(z_1..L | x), of shape (num_samples, batch)). ``posterior``: q(z_1 | x)'s
         (mu, logvar), when already computed."""
         mu, logvar = self.encode(x) if posterior is None else posterior
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, device=mu.device)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, generator=generator, device=mu.device)
         log_ratio, below = -gaussian_log_density(z, mu, logvar), z
         for encoder, decoder in zip(self.upper_encoders, self.upper_decoders):
             mu, logvar = gaussian_params(encoder, below)
@@ -243,8 +247,7 @@ class VAE(GenerativeModel):
                 noise = torch.randn(draws, *mu.shape, generator=generator, device=mu.device)
                 z = (mu + torch.exp(0.5 * logvar) * noise).reshape(-1, self.latent_dim)
                 log_px = self.likelihood.log_prob(self.decode(z), x_rep, observed_rep).view(draws, -1).mean(0)
-                kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
-                mu.grad, logvar.grad = torch.autograd.grad((kl - log_px).sum(), [mu, logvar])
+                mu.grad, logvar.grad = torch.autograd.grad((kl_to_prior(mu, logvar) - log_px).sum(), [mu, logvar])
                 optimizer.step()
         return mu.detach(), logvar.detach()
 
@@ -254,18 +257,11 @@ class VAE(GenerativeModel):
         imputation of Mattei & Frellsen 2019 (MIWAE): sum_k w_k E[x | z_k] / sum_k w_k with z_k ~ q and
         w_k = p(x_observed | z_k) p(z_k) / q(z_k), k = eval.num_importance_samples, q the ``fitted_posterior``
         (the encoder alone, shown the fill of the missing pixels, proposes from far off the posterior)."""
-        mu, logvar = self.fitted_posterior(x, observed, steps, generator, progress)
-        k = int(self.eval_settings["num_importance_samples"])
-        chunk = max(1, 20_000 // len(x))  # decoder batches of ~20k examples, as in log_likelihood
+        posterior = self.fitted_posterior(x, observed, steps, generator, progress)
         log_total = torch.full((len(x),), -math.inf, device=x.device)
         mean = torch.zeros_like(x)
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(n, *mu.shape, generator=generator, device=mu.device)
-            params = self.decode(z.reshape(-1, self.latent_dim))
-            observed_rep = observed.expand(n, *observed.shape).reshape(-1, *observed.shape[1:])
-            log_w = (self.likelihood.log_prob(params, x.expand(n, *x.shape).reshape_as(observed_rep), observed_rep)
-                     .view(n, -1) + prior_log_density(z) - gaussian_log_density(z, mu, logvar))
+        for log_w, params, _ in self.observed_weights(x, observed, posterior, generator):
+            n = len(log_w)
             new_total = torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
             weights = torch.exp(log_w - new_total).view(n, -1, *[1] * (x.dim() - 1))
             mean = mean * torch.exp(log_total - new_total).view(-1, *[1] * (x.dim() - 1)) \
@@ -273,23 +269,31 @@ class VAE(GenerativeModel):
             log_total = new_total
         return mean
 
+    def observed_weights(self, x: Tensor, observed: Tensor, posterior: tuple[Tensor, Tensor],
+                         generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """k = eval.num_importance_samples draws z_k ~ q (``posterior``: q(z_1)'s mean and log-variance), in decoder
+        batches of ~20k examples (as in log_likelihood): per batch of n draws, (log p(x_observed | z_k) + log p(z_k)
+        - log q(z_k), of shape (n, batch); the decoder's params; x repeated n times)."""
+        k = int(self.eval_settings["num_importance_samples"])
+        chunk = max(1, 20_000 // len(x))
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            z, log_ratio = self.latent_draws(x, n, posterior, generator)
+            params = self.decode(z.reshape(-1, self.latent_dim))
+            x_rep, observed_rep = (t.expand(n, *t.shape).reshape(-1, *t.shape[1:]) for t in (x, observed))
+            yield self.likelihood.log_prob(params, x_rep, observed_rep).view(n, -1) + log_ratio, params, x_rep
+
     @torch.no_grad()
     def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str]:
         """log p(x_m | x_o) by self-normalised importance sampling, with z_k ~ q(z | ``completed``) (an imputation):
         log sum_k w_k p(x_m | z_k) - log sum_k w_k, w_k = p(x_o | z_k) p(z_k) / q(z_k | completed); a consistent
         estimate (exact as k grows), with k = eval.num_importance_samples."""
         k = int(self.eval_settings["num_importance_samples"])
-        chunk = max(1, 20_000 // len(x))  # decoder batches of ~20k examples, as in log_likelihood
-        posterior = self.encode(completed)
         log_w, log_missing = [], []
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            z, log_ratio = self.latent_draws(completed, n, posterior)
-            params = self.decode(z.reshape(-1, self.latent_dim))
-            x_rep = x.expand(n, *x.shape).reshape(-1, *x.shape[1:])
-            missing_rep = missing.expand(n, *missing.shape).reshape(-1, *missing.shape[1:])
-            log_w.append(self.likelihood.log_prob(params, x_rep, ~missing_rep).view(n, -1) + log_ratio)
-            log_missing.append(self.likelihood.log_prob(params, x_rep, missing_rep).view(n, -1))
+        for chunk_log_w, params, x_rep in self.observed_weights(x, ~missing, self.encode(completed)):
+            log_w.append(chunk_log_w)
+            missing_rep = missing.expand(len(chunk_log_w), *missing.shape).reshape_as(x_rep)
+            log_missing.append(self.likelihood.log_prob(params, x_rep, missing_rep).view(len(chunk_log_w), -1))
         log_w = torch.cat(log_w)
         estimate = torch.logsumexp(log_w + torch.cat(log_missing), 0) - torch.logsumexp(log_w, 0)
         return estimate, f"estimate (self-normalised importance sampling, k={k})"
