@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -136,6 +136,20 @@ def binary_gibbs(log_prob: Callable[[Tensor], Tensor], x: Tensor, missing: Tenso
             draw = torch.bernoulli(torch.sigmoid(log_p1 - log_prob(current)), generator=generator)
             flat[:, d] = torch.where(free[:, d], draw, x.view(len(x), -1)[:, d])
     return current
+
+
+def self_normalised_mean(chunks: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """sum_k w_k v_k / sum_k w_k and log sum_k w_k, per example, over chunks of (log w: (n, N), v: (n, N, ...))
+    of importance-weighted values, accumulated chunk by chunk (no chunk is kept)."""
+    log_total = mean = None
+    for log_w, values in chunks:
+        chunk_total = torch.logsumexp(log_w, 0)
+        new_total = chunk_total if log_total is None else torch.logaddexp(log_total, chunk_total)
+        shape = (-1, *[1] * (values.dim() - 2))
+        chunk_mean = (torch.exp(log_w - new_total).view(*log_w.shape, *shape[1:]) * values).sum(0)
+        mean = chunk_mean if mean is None else mean * torch.exp(log_total - new_total).view(shape) + chunk_mean
+        log_total = new_total
+    return mean, log_total
 
 
 def reconstruction_grid(x: Tensor, reconstruct: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:

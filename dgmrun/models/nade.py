@@ -15,13 +15,15 @@ for the whole batch at once, updating a_d with the same recurrence.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.base import GenerativeModel, Progress, binary_gibbs, missing_last, require_missing_last
+from dgmrun.models.base import (GenerativeModel, Progress, binary_gibbs, iterations, missing_last,
+                                require_missing_last, self_normalised_mean)
 
 
 BLOCK = 8  # dimensions per block of BlockedLogits: 8 x N x H floats stay in the CPU's caches
@@ -81,7 +83,7 @@ class BlockedLogits(torch.autograd.Function):
 
 
 class NADE(GenerativeModel):
-    imputation_methods = ("exact", "gibbs")
+    imputation_methods = ("exact", "gibbs", "importance")
 
     def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, optimizer: dict[str, Any],
                  scheduler: dict[str, Any] | None):
@@ -123,32 +125,73 @@ class NADE(GenerativeModel):
     # ------------------------------------------------------------------ GenerativeModel
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self._ancestral(torch.zeros(n, self.data_info.num_dims, device=self.device),
-                               torch.ones(n, self.data_info.num_dims, dtype=torch.bool, device=self.device), generator)
+        d = self.data_info.num_dims
+        v = torch.zeros(n, d, device=self.device)
+        return self._ancestral(v, torch.ones_like(v, dtype=torch.bool), generator)[0].view(n, *self.data_info.shape)
 
-    def _ancestral(self, v: Tensor, drawn: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Dimension by dimension, in order: v_d ~ p(v_d | v_<d) where ``drawn``, else v_d kept."""
-        v = v.clone()
-        a = self.c.expand(len(v), -1).clone()
-        for i in range(v.shape[1]):
-            p = torch.sigmoid(self.b[i] + torch.sigmoid(a) @ self.V[i])
-            v[:, i] = torch.where(drawn[:, i], torch.bernoulli(p, generator=generator), v[:, i])
-            a += v[:, i : i + 1] * self.W[i]
-        return v.view(len(v), *self.data_info.shape)
+    def _ancestral(self, v: Tensor, drawn: Tensor, generator: torch.Generator | None, repeats: int = 1
+                   ) -> tuple[Tensor, Tensor]:
+        """Dimension by dimension, in order: v_d ~ p(v_d | v_<d) where ``drawn``, else v_d kept; ``repeats`` draws
+        of each row of v (N, D), as (repeats * N, D) rows, and the sum of log p(v_d | v_<d) over each row's kept
+        dimensions. The dimensions before the first drawn one are the same in every draw: done once, not repeated."""
+        first = int(drawn.any(0).int().argmax())
+        log_kept = self.log_conditionals(v)[:, :first].sum(1).repeat(repeats) if first else v.new_zeros(len(v) * repeats)
+        a = (self.c + v[:, :first] @ self.W[:first]).repeat(repeats, 1)
+        v, drawn = v.repeat(repeats, 1), drawn.repeat(repeats, 1)
+        h = torch.empty_like(a)
+        for i in range(first, v.shape[1]):
+            logit = self.b[i] + torch.sigmoid(a, out=h) @ self.V[i]
+            v[:, i] = torch.where(drawn[:, i], torch.bernoulli(torch.sigmoid(logit), generator=generator), v[:, i])
+            log_kept -= F.binary_cross_entropy_with_logits(logit, v[:, i], reduction="none").masked_fill_(drawn[:, i], 0)
+            a.addr_(v[:, i], self.W[i])
+        return v, log_kept
 
     def impute_missing(self, x: Tensor, missing: Tensor, settings: Any, generator: torch.Generator | None,
                        progress: Progress) -> Tensor:
         """``exact``: the missing dimensions drawn in order given the observed ones before them (the exact
         conditional for a ``bottom`` mask); ``gibbs``: each missing dimension redrawn from its full conditional,
-        ``settings.iterations`` sweeps."""
+        ``settings.iterations`` sweeps; ``importance``: the ``conditional_mean``."""
         if settings.method == "exact":
             require_missing_last(missing)
-            return self._ancestral(x.flatten(1), missing.flatten(1), generator)
+            return self._ancestral(x.flatten(1), missing.flatten(1), generator)[0].view_as(x)
+        if settings.method == "importance":
+            return self.conditional_mean(x, missing, generator, progress)[0]
         return binary_gibbs(self.log_likelihood, x, missing, settings.iterations, generator, progress)
+
+    def imputation_protocol(self, settings: Any) -> str:
+        if settings.method == "importance":
+            return (f"importance (the conditional mean, k={self.eval_settings['num_importance_samples']} draws of the "
+                    "missing pixels from the model's own conditionals given the pixels before them)")
+        return super().imputation_protocol(settings)
+
+    def completions(self, x: Tensor, missing: Tensor, generator: torch.Generator | None, progress: Progress
+                    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """k = eval.num_importance_samples completions of each image, drawn by ``_ancestral`` (the missing pixels
+        from p(x_d | x_<d), the observed ones kept: the proposal q(x_missing) = prod_missing p(x_d | x_<d)), with
+        their log-weights w = p(x) / q(x_missing) = prod_observed p(x_d | x_<d); in chunks of ~20k rows, as
+        (log w: (n, N), completions: (n, N, ...)). E_q[w] = p(x_observed): the weights are unbiased for it."""
+        k = int(self.eval_settings["num_importance_samples"])
+        chunk = max(1, 20_000 // len(x))
+        for start in iterations(math.ceil(k / chunk), progress):
+            n = min(chunk, k - start * chunk)
+            v, log_w = self._ancestral(x.flatten(1), missing.flatten(1), generator, n)
+            yield log_w.view(n, len(x)), v.view(n, *x.shape)
+
+    def conditional_mean(self, x: Tensor, missing: Tensor, generator: torch.Generator | None,
+                         progress: Progress) -> tuple[Tensor, Tensor]:
+        """E[x | x_observed] by self-normalised importance sampling over the ``completions``, and the estimate of
+        log p(x_observed), log(mean_k w_k)."""
+        mean, log_total = self_normalised_mean(self.completions(x, missing, generator, progress))
+        return mean, log_total - math.log(int(self.eval_settings["num_importance_samples"]))
 
     @torch.no_grad()
     def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
-        """Exact when the missing dimensions come last: the sum of their log p(x_d | x_<d)."""
-        if not missing_last(missing):
-            return None
-        return (self.log_conditionals(x) * missing.flatten(1)).sum(1), "exact"
+        """Exact when the missing dimensions come last: the sum of their log p(x_d | x_<d). Otherwise
+        log p(x) (exact) - log p(x_observed), the latter by the ``completions``' weights: log of an unbiased
+        estimate, low on average (Jensen), so the NLL of the missing pixels is an estimate low on average."""
+        if missing_last(missing):
+            return (self.log_conditionals(x) * missing.flatten(1)).sum(1), "exact"
+        k = int(self.eval_settings["num_importance_samples"])
+        log_observed = self.conditional_mean(x, missing, None, lambda done, total: None)[1]
+        return self.log_likelihood(x) - log_observed, (f"estimate (log p(x) exact - log p(x_observed) by importance "
+                                                       f"sampling, k={k}: a stochastic lower bound on the NLL)")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmrun.models.base import GenerativeModel, Progress, iterations, reconstruction_grid
+from dgmrun.models.base import GenerativeModel, Progress, iterations, reconstruction_grid, self_normalised_mean
 from dgmrun.models.likelihoods import make_likelihood
 from dgmrun.nets.conv import conv_decoder, conv_encoder
 from dgmrun.nets.mlp import mlp
@@ -258,16 +258,9 @@ class VAE(GenerativeModel):
         w_k = p(x_observed | z_k) p(z_k) / q(z_k), k = eval.num_importance_samples, q the ``fitted_posterior``
         (the encoder alone, shown the fill of the missing pixels, proposes from far off the posterior)."""
         posterior = self.fitted_posterior(x, observed, steps, generator, progress)
-        log_total = torch.full((len(x),), -math.inf, device=x.device)
-        mean = torch.zeros_like(x)
-        for log_w, params, _ in self.observed_weights(x, observed, posterior, generator):
-            n = len(log_w)
-            new_total = torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
-            weights = torch.exp(log_w - new_total).view(n, -1, *[1] * (x.dim() - 1))
-            mean = mean * torch.exp(log_total - new_total).view(-1, *[1] * (x.dim() - 1)) \
-                + (weights * self.likelihood.mean(params).view(n, *x.shape)).sum(0)
-            log_total = new_total
-        return mean
+        chunks = self.observed_weights(x, observed, posterior, generator)
+        return self_normalised_mean((log_w, self.likelihood.mean(params).view(len(log_w), *x.shape))
+                                    for log_w, params, _ in chunks)[0]
 
     def observed_weights(self, x: Tensor, observed: Tensor, posterior: tuple[Tensor, Tensor],
                          generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
