@@ -376,6 +376,16 @@ def test_nade_importance_imputation_is_the_exact_conditional_mean():
         return model.impute(x, missing, how("importance", 1), torch.Generator().manual_seed(1)).view(2, 6)[:, free]
 
     torch.testing.assert_close(estimate(50_000).double(), exact_mean, atol=0.01, rtol=0)
+    # task=impute's NLL of the true missing pixels then reuses the imputation's estimate of log p(x_observed).
+    truth = observed.clone()
+    truth[:, free] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    full = truth.repeat_interleave(4, 0)
+    full[:, free] = configs.repeat(2, 1)
+    with torch.no_grad():
+        log_observed = torch.logsumexp(model.log_likelihood(full.view(8, 1, 2, 3)).view(2, 4), 1)
+        exact = model.log_likelihood(truth.view(2, 1, 2, 3)) - log_observed
+    value, kind = model.missing_log_likelihood(truth.view(2, 1, 2, 3), missing, truth.view(2, 1, 2, 3))
+    torch.testing.assert_close(value, exact, atol=0.01, rtol=0)
     assert (estimate(3).double() - exact_mean).abs().max() > 0.05
 
 
