@@ -137,7 +137,7 @@ class NADE(GenerativeModel):
         of each row of v (N, D), as (repeats * N, D) rows, and the sum of log p(v_d | v_<d) over each row's kept
         dimensions. The dimensions before the first drawn one are the same in every draw: done once, not repeated."""
         first = int(drawn.any(0).int().argmax())
-        log_kept = self.log_conditionals(v)[:, :first].sum(1).repeat(repeats) if first else v.new_zeros(len(v) * repeats)
+        log_kept = (self.log_conditionals(v)[:, :first].sum(1) if first else v.new_zeros(len(v))).repeat(repeats)
         a = (self.c + v[:, :first] @ self.W[:first]).repeat(repeats, 1)
         v, drawn = v.repeat(repeats, 1), drawn.repeat(repeats, 1)
         h = torch.empty_like(a)
