@@ -291,6 +291,10 @@ def test_vae_importance_imputation_is_the_exact_conditional_mean():
         start[free] = (exact_mean < 0.5).float()
         mean = model.impute(start.view(1, 1, 1, 6), missing, how("importance", 50), torch.Generator().manual_seed(0))
         torch.testing.assert_close(mean.view(6)[free].double(), exact_mean, atol=0.005, rtol=0)
+        # task=impute's NLL of the true pixels, proposing from the proposal fitted for the imputation
+        estimate, _ = model.missing_log_likelihood(observed.view(1, 1, 1, 6), missing, mean)
+        truth = math.log(exact[configs.index(tuple(observed[free].tolist()))].item())
+        assert abs(estimate.item() - truth) < 0.02, (estimate.item(), truth)
 
 
 def test_vae_missing_likelihood_estimate_matches_quadrature():

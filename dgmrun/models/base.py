@@ -258,6 +258,18 @@ class GenerativeModel(pl.LightningModule):
         """The imputation behind ``impute``; only its missing pixels are used."""
         raise NotImplementedError
 
+    def remember(self, x: Tensor, missing: Tensor, value: Any) -> None:
+        """Keep ``value``, computed by an imputation from x's observed pixels, for ``recall`` (task=impute asks for
+        the imputations and then the NLL of the missing pixels, which can reuse it)."""
+        self._remembered = (torch.where(missing, 0.0, x), missing, value)
+
+    def recall(self, x: Tensor, missing: Tensor) -> Any | None:
+        """What ``remember`` kept for these very observed pixels and mask, else None."""
+        kept = getattr(self, "_remembered", None)
+        if kept is None or not torch.equal(kept[1], missing) or not torch.equal(kept[0], torch.where(missing, 0.0, x)):
+            return None
+        return kept[2]
+
     def imputation_protocol(self, settings: Any) -> str:
         """How ``impute`` draws with these settings, for the protocol string of ``task=impute``."""
         if settings.method == "exact":

@@ -95,8 +95,6 @@ class NADE(GenerativeModel):
         self.c = nn.Parameter(torch.zeros(hidden_dim))
         self.V = nn.Parameter(torch.randn(d, hidden_dim) * 0.01)
         self.b = nn.Parameter(torch.zeros(d))
-        # (observed pixels, mask, log p(x_observed) estimate) of the last importance imputation
-        self._last_evidence: tuple[Tensor, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ the model
     def logits(self, x: Tensor) -> Tensor:
@@ -158,7 +156,7 @@ class NADE(GenerativeModel):
             return self._ancestral(x.flatten(1), missing.flatten(1), generator)[0].view_as(x)
         if settings.method == "importance":
             mean, log_observed = self.conditional_mean(x, missing, generator, progress)
-            self._last_evidence = (torch.where(missing, 0.0, x), missing, log_observed)
+            self.remember(x, missing, log_observed)
             return mean
         return binary_gibbs(self.log_likelihood, x, missing, settings.iterations, generator, progress)
 
@@ -198,10 +196,8 @@ class NADE(GenerativeModel):
         if missing_last(missing):
             return (self.log_conditionals(x) * missing.flatten(1)).sum(1), "exact"
         k = int(self.eval_settings["num_importance_samples"])
-        last = self._last_evidence  # an importance imputation's estimate, of these very pixels?
-        if last is not None and torch.equal(last[1], missing) and torch.equal(last[0], torch.where(missing, 0.0, x)):
-            log_observed = last[2]
-        else:
+        log_observed = self.recall(x, missing)
+        if log_observed is None:
             log_observed = self.conditional_mean(x, missing, None, lambda done, total: None)[1]
         return self.log_likelihood(x) - log_observed, (f"estimate (log p(x) exact - log p(x_observed) by importance "
                                                        f"sampling, k={k}: a stochastic lower bound on the NLL)")

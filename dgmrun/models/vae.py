@@ -203,7 +203,13 @@ class VAE(GenerativeModel):
         pixels drawn from it are draws of the exact conditional). ``settings.iterations`` steps of either.
         ``importance``: the ``conditional_mean``, its proposal fitted in ``settings.iterations`` steps."""
         if settings.method == "importance":
-            return self.conditional_mean(x, ~missing, settings.iterations, generator, progress)
+            posterior = self.recall(x, missing)  # fitted for an earlier draw of impute.num_samples
+            if posterior is None:
+                posterior = self.fitted_posterior(x, ~missing, settings.iterations, generator, progress)
+                self.remember(x, missing, posterior)
+            else:
+                progress(settings.iterations, settings.iterations)
+            return self.conditional_mean(x, ~missing, posterior, generator)
         current = x
         if settings.method == "pseudo_gibbs":
             for _ in iterations(settings.iterations, progress):
@@ -251,13 +257,13 @@ class VAE(GenerativeModel):
                 optimizer.step()
         return mu.detach(), logvar.detach()
 
-    def conditional_mean(self, x: Tensor, observed: Tensor, steps: int, generator: torch.Generator | None,
-                         progress: Progress) -> Tensor:
+    def conditional_mean(self, x: Tensor, observed: Tensor, posterior: tuple[Tensor, Tensor],
+                         generator: torch.Generator | None) -> Tensor:
         """E[x | x_observed] (its missing pixels), by self-normalised importance sampling as in the single
         imputation of Mattei & Frellsen 2019 (MIWAE): sum_k w_k E[x | z_k] / sum_k w_k with z_k ~ q and
         w_k = p(x_observed | z_k) p(z_k) / q(z_k), k = eval.num_importance_samples, q the ``fitted_posterior``
-        (the encoder alone, shown the fill of the missing pixels, proposes from far off the posterior)."""
-        posterior = self.fitted_posterior(x, observed, steps, generator, progress)
+        given as ``posterior`` (the encoder alone, shown the fill of the missing pixels, proposes from far off the
+        posterior)."""
         chunks = self.observed_weights(x, observed, posterior, generator)
         return self_normalised_mean((log_w, self.likelihood.mean(params).view(len(log_w), *x.shape))
                                     for log_w, params, _ in chunks)[0]
@@ -278,12 +284,14 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str]:
-        """log p(x_m | x_o) by self-normalised importance sampling, with z_k ~ q(z | ``completed``) (an imputation):
-        log sum_k w_k p(x_m | z_k) - log sum_k w_k, w_k = p(x_o | z_k) p(z_k) / q(z_k | completed); a consistent
-        estimate (exact as k grows), with k = eval.num_importance_samples."""
+        """log p(x_m | x_o) by self-normalised importance sampling, with z_k ~ q(z | ``completed``) (an imputation),
+        or from the ``fitted_posterior`` of an importance imputation of the same observed pixels:
+        log sum_k w_k p(x_m | z_k) - log sum_k w_k, w_k = p(x_o | z_k) p(z_k) / q(z_k); a consistent estimate
+        (exact as k grows), with k = eval.num_importance_samples."""
         k = int(self.eval_settings["num_importance_samples"])
+        posterior = self.recall(x, missing) or self.encode(completed)
         log_w, log_missing = [], []
-        for chunk_log_w, params, x_rep in self.observed_weights(x, ~missing, self.encode(completed)):
+        for chunk_log_w, params, x_rep in self.observed_weights(x, ~missing, posterior):
             log_w.append(chunk_log_w)
             missing_rep = missing.expand(len(chunk_log_w), *missing.shape).reshape_as(x_rep)
             log_missing.append(self.likelihood.log_prob(params, x_rep, missing_rep).view(len(chunk_log_w), -1))
