@@ -124,12 +124,11 @@ class NetworkSpeedups(pl.Callback):
 
     def __init__(self, compile: bool, channels_last: bool) -> None:
         self.compile, self.channels_last = compile, channels_last
-        self._done: set[int] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if id(pl_module) in self._done:
+        if getattr(pl_module, "_speedups_applied", False):  # fit, then test: once
             return
-        self._done.add(id(pl_module))
+        pl_module._speedups_applied = True
         if self.channels_last:
             pl_module.to(memory_format=torch.channels_last)
         if self.compile:

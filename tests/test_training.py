@@ -120,7 +120,11 @@ def test_compile_compiles_each_network_forward_and_keeps_outputs_and_names():
     model, x = Model(), torch.randn(5, 3)
     names, eager = list(model.state_dict()), model.net(x)
     counters.clear()
-    NetworkSpeedups(compile=True, channels_last=False).setup(None, model, "fit")
+    speedups = NetworkSpeedups(compile=True, channels_last=False)
+    speedups.setup(None, model, "fit")
     torch.testing.assert_close(model.net(x), eager)
     assert counters["frames"]["ok"] >= 1  # a graph was captured and run
     assert list(model.state_dict()) == names
+    compiled = model.net.forward
+    speedups.setup(None, model, "test")  # the test after fit: not compiled again
+    assert model.net.forward is compiled
