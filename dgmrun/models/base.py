@@ -107,7 +107,7 @@ def require_missing_last(missing: Tensor) -> None:
     before them: the exact conditional only when every missing pixel comes after every observed one."""
     if not missing_last(missing):
         raise DgmrunError("impute.method=exact needs every missing pixel after every observed one in raster order "
-                          "(impute.mask=bottom); for other masks use impute.method=gibbs")
+                          "(impute.mask=bottom); for other masks use impute.method=gibbs or importance")
 
 
 # ``progress(done, total)``: told after each of the ``total`` iterations of an imputation (task=impute's bar).

@@ -15,15 +15,14 @@ for the whole batch at once, updating a_d with the same recurrence.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmrun.models.base import (GenerativeModel, Progress, binary_gibbs, iterations, missing_last,
-                                require_missing_last, self_normalised_mean)
+from dgmrun.models.autoregressive import Autoregressive
+from dgmrun.models.base import Progress, binary_gibbs, require_missing_last
 
 
 BLOCK = 8  # dimensions per block of BlockedLogits: 8 x N x H floats stay in the CPU's caches
@@ -82,7 +81,7 @@ class BlockedLogits(torch.autograd.Function):
         return dv, dW, dc, dV, grad.sum(0), None
 
 
-class NADE(GenerativeModel):
+class NADE(Autoregressive):
     imputation_methods = ("exact", "gibbs", "importance")
 
     def __init__(self, data_info: dict[str, Any], *, hidden_dim: int, optimizer: dict[str, Any],
@@ -150,54 +149,15 @@ class NADE(GenerativeModel):
                        progress: Progress) -> Tensor:
         """``exact``: the missing dimensions drawn in order given the observed ones before them (the exact
         conditional for a ``bottom`` mask); ``gibbs``: each missing dimension redrawn from its full conditional,
-        ``settings.iterations`` sweeps; ``importance``: the ``conditional_mean``."""
+        ``settings.iterations`` sweeps; ``importance``: the ``conditional_mean`` (``dgmrun.models.autoregressive``)."""
         if settings.method == "exact":
             require_missing_last(missing)
             return self._ancestral(x.flatten(1), missing.flatten(1), generator)[0].view_as(x)
         if settings.method == "importance":
-            mean, log_observed = self.conditional_mean(x, missing, generator, progress)
-            self.remember(x, missing, log_observed)
-            return mean
+            return self.importance_imputation(x, missing, generator, progress)
         return binary_gibbs(self.log_likelihood, x, missing, settings.iterations, generator, progress)
 
-    def imputation_protocol(self, settings: Any) -> str:
-        if settings.method == "importance":
-            return (f"importance (the conditional mean, k={self.eval_settings['num_importance_samples']} draws of the "
-                    "missing pixels from the model's own conditionals given the pixels before them)")
-        return super().imputation_protocol(settings)
-
-    def completions(self, x: Tensor, missing: Tensor, generator: torch.Generator | None, progress: Progress
-                    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """k = eval.num_importance_samples completions of each image, drawn by ``_ancestral`` (the missing pixels
-        from p(x_d | x_<d), the observed ones kept: the proposal q(x_missing) = prod_missing p(x_d | x_<d)), with
-        their log-weights w = p(x) / q(x_missing) = prod_observed p(x_d | x_<d); in chunks of ~20k rows, as
-        (log w: (n, N), completions: (n, N, ...)). E_q[w] = p(x_observed): the weights are unbiased for it."""
-        k = int(self.eval_settings["num_importance_samples"])
-        chunk = max(1, 20_000 // len(x))
-        for start in iterations(math.ceil(k / chunk), progress):
-            n = min(chunk, k - start * chunk)
-            v, log_w = self._ancestral(x.flatten(1), missing.flatten(1), generator, n)
-            yield log_w.view(n, len(x)), v.view(n, *x.shape)
-
-    def conditional_mean(self, x: Tensor, missing: Tensor, generator: torch.Generator | None,
-                         progress: Progress) -> tuple[Tensor, Tensor]:
-        """E[x | x_observed] by self-normalised importance sampling over the ``completions``, and the estimate of
-        log p(x_observed), log(mean_k w_k)."""
-        mean, log_total = self_normalised_mean(self.completions(x, missing, generator, progress))
-        return mean, log_total - math.log(int(self.eval_settings["num_importance_samples"]))
-
-    @torch.no_grad()
-    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
-        """Exact when the missing dimensions come last: the sum of their log p(x_d | x_<d). Otherwise
-        log p(x) (exact) - log p(x_observed), the latter by the ``completions``' weights: log of an unbiased
-        estimate, low on average (Jensen), so the NLL of the missing pixels is an estimate low on average. The
-        estimate made by the last ``importance`` imputation of the same observed pixels is used rather than drawn
-        again (task=impute asks for both)."""
-        if missing_last(missing):
-            return (self.log_conditionals(x) * missing.flatten(1)).sum(1), "exact"
-        k = int(self.eval_settings["num_importance_samples"])
-        log_observed = self.recall(x, missing)
-        if log_observed is None:
-            log_observed = self.conditional_mean(x, missing, None, lambda done, total: None)[1]
-        return self.log_likelihood(x) - log_observed, (f"estimate (log p(x) exact - log p(x_observed) by importance "
-                                                       f"sampling, k={k}: a stochastic lower bound on the NLL)")
+    def completion_draws(self, x: Tensor, missing: Tensor, n: int, generator: torch.Generator | None
+                         ) -> tuple[Tensor, Tensor]:
+        v, log_w = self._ancestral(x.flatten(1), missing.flatten(1), generator, n)
+        return v.view(n, *x.shape), log_w.view(n, len(x))

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgmrun.errors import DgmrunError
-from dgmrun.models.base import (GenerativeModel, Progress, binary_gibbs, iterations, missing_last,
-                                require_missing_last)
+from dgmrun.models.autoregressive import Autoregressive
+from dgmrun.models.base import Progress, binary_gibbs, iterations, require_missing_last
 from dgmrun.nets.masked import PixelCNNNet
 
 
-class PixelCNN(GenerativeModel):
-    imputation_methods = ("exact", "gibbs")
+class PixelCNN(Autoregressive):
+    imputation_methods = ("exact", "gibbs", "importance")
+    completion_rows = 256  # each row's activations are channels x H x W per layer
 
     def __init__(self, data_info: dict[str, Any], *, channels: int, num_layers: int, kernel_size: int, gated: bool,
                  conditional: bool, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
@@ -132,17 +133,21 @@ class PixelCNN(GenerativeModel):
             raise DgmrunError("task=impute: the class-conditional PixelCNN needs the images' labels, which "
                               "imputation does not use; impute with an unconditional PixelCNN")
         if settings.method == "exact":
-            require_missing_last(missing.any(1))  # (all channels of a pixel are drawn at once)
+            require_missing_last(self.missing_in_order(missing))
             return self._ancestral(x, missing, None, generator, progress)
+        if settings.method == "importance":
+            return self.importance_imputation(x, missing, generator, progress)
         if self.levels != 2:
             raise DgmrunError(f"impute.method=gibbs: for {self.levels} grey levels each pixel's full conditional "
                               f"costs {self.levels} passes of the network; binarize the data (or use impute.mask=bottom "
                               "with impute.method=exact)")
         return binary_gibbs(self.log_prob, x, missing, settings.iterations, generator, progress)
 
-    @torch.no_grad()
-    def missing_log_likelihood(self, x: Tensor, missing: Tensor, completed: Tensor) -> tuple[Tensor, str] | None:
-        """Exact when the missing pixels come last in raster order: the sum of their log conditionals."""
-        if self.conditional or not missing_last(missing.any(1)):
-            return None
-        return (self.log_conditionals(x) * missing).flatten(1).sum(1), "exact"
+    def missing_in_order(self, missing: Tensor) -> Tensor:
+        return missing.any(1)  # all channels of a pixel are drawn at once
+
+    def completion_draws(self, x: Tensor, missing: Tensor, n: int, generator: torch.Generator | None
+                         ) -> tuple[Tensor, Tensor]:
+        completed = self._ancestral(x.repeat(n, 1, 1, 1), missing.repeat(n, 1, 1, 1), None, generator)
+        log_w = (self.log_conditionals(completed) * ~missing.repeat(n, 1, 1, 1)).flatten(1).sum(1)
+        return completed.view(n, *x.shape), log_w.view(n, len(x))

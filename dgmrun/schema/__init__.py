@@ -123,7 +123,7 @@ class ImputeConfig:
     file: Optional[str] = None  # mask=file: a PNG of the images' size whose black pixels are missing
     fill: str = "noise"  # what stands in the missing pixels at the start: uniform noise (the lectures' protocol) | zeros
     # one of the model's imputation_methods (auto: its first): VAE pseudo_gibbs, metropolis_within_gibbs or
-    # importance; RBM gibbs; NADE, PixelCNN exact (mask=bottom) or gibbs, NADE also importance; DDPM repaint
+    # importance; RBM gibbs; NADE, PixelCNN exact (mask=bottom), gibbs or importance; DDPM repaint
     method: str = "auto"
     iterations: int = 100  # of the conditional sampler (the lectures' protocol: 100; Gibbs: sweeps)
     # DDPM's repaint (Lugmayr et al. 2022): the reverse chain over all T timesteps, or this many evenly spaced

@@ -101,7 +101,7 @@ def method_of(model: GenerativeModel, method: str) -> str:
         raise DgmrunError(f"model {type(model).__name__} cannot impute: it has no conditional sampler (models that "
                           "can: vae, iwae, beta_vae by pseudo-Gibbs, Metropolis-within-Gibbs or importance "
                           "sampling; rbm by clamped Gibbs; nade, pixelcnn exactly for impute.mask=bottom, by Gibbs "
-                          "from the full conditionals otherwise, nade also by importance sampling; vqvae by "
+                          "from the full conditionals or importance sampling otherwise; vqvae by "
                           "Metropolis-within-Gibbs over its codes; ddpm by RePaint)")
     return model.imputation_methods[0] if method == "auto" else method
 
