@@ -14,8 +14,6 @@ import sysconfig
 import venv
 import zipfile
 
-import pytest
-
 from tests.conftest import REPO
 
 # Not marked slow: the wheel is checked in every run of the suite.
@@ -59,7 +57,7 @@ def test_wheel_in_a_venv_without_the_checkout_runs_from_any_directory(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().startswith(str(env_dir)), out.stdout  # the wheel's copy, not the checkout's
 
-    console_script = f"from dgmrun.cli import main; import sys; sys.argv[0] = 'dgmrun'; main()"
+    console_script = "from dgmrun.cli import main; import sys; sys.argv[0] = 'dgmrun'; main()"
     out = subprocess.run([str(python), "-c", console_script, "trainer=debug", "hydra.run.dir=run"], cwd=elsewhere,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
