@@ -111,6 +111,39 @@ def test_noise_distribution(noise, variance):
     assert (z.abs().max() <= 1) == (noise == "uniform")
 
 
+MNIST = {"name": "mnist", "shape": [1, 28, 28], "num_classes": 10, "levels": 256}
+
+
+def _saturated(model: GAN) -> float:
+    """The fraction of G's output pixels at |tanh| > 0.99 for 64 fresh z (train-mode batch norm)."""
+    with torch.no_grad():
+        return (model.generator(model.sample_latent(64)).abs() > 0.99).float().mean().item()
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_dcgan_init_draws_the_papers_weights_and_the_ema_starts_from_them(spectral_norm):
+    torch.manual_seed(0)
+    model = GAN.build(MNIST, arch="dcgan", init="dcgan", fc_dim=256, d_batch_norm=True, spectral_norm=spectral_norm)
+    layers = [m for net in (model.generator, model.discriminator) for m in net.modules()
+              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert len(layers) == 13  # G: 2 linear, 2 conv, 3 batch norms; D: 2 conv, 2 linear, 2 batch norms
+    for layer in layers:
+        parametrized = nn.utils.parametrize.is_parametrized(layer, "weight")
+        weight = layer.parametrizations.weight.original if parametrized else layer.weight
+        centre = 1.0 if isinstance(layer, nn.modules.batchnorm._BatchNorm) else 0.0
+        assert weight.mean().item() == pytest.approx(centre, abs=0.01)
+        if weight.numel() >= 1000:
+            assert weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert layer.bias is None or not layer.bias.any()
+    shadows = dict(zip(model.ema.names, model.ema._shadows()))
+    assert torch.equal(shadows["0.weight"], model.generator[0].weight)
+    # PyTorch's default init saturates the tanh of a one-channel G on about a tenth of its pixels before the
+    # first step; Radford et al.'s on none
+    assert _saturated(model) == 0.0
+    torch.manual_seed(0)
+    assert _saturated(GAN.build(MNIST, arch="dcgan", fc_dim=256)) > 0.05
+
+
 # ------------------------------------------------------------------------------------ EMA
 def test_ema_average_and_swap_restore_around_sampling():
     model = GAN.build(TOY, ema_decay=0.5)

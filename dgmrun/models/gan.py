@@ -73,6 +73,7 @@ from dgmrun.nets.gan_blocks import (
     DCGANCritic,
     MLPCritic,
     dcgan_generator,
+    dcgan_init_,
     mlp_generator,
     pack_samples,
 )
@@ -185,7 +186,7 @@ class GAN(GenerativeModel):
 
     def __init__(self, data_info: dict[str, Any], *, loss: str, latent_dim: int, noise: str, arch: str,
                  g_hidden_dims: Sequence[int], d_hidden_dims: Sequence[int], g_channels: Sequence[int],
-                 d_channels: Sequence[int], fc_dim: int | None, d_batch_norm: bool, n_critic: int, clip: float,
+                 d_channels: Sequence[int], fc_dim: int | None, d_batch_norm: bool, init: str, n_critic: int, clip: float,
                  gp_weight: float, spectral_norm: bool, minibatch_std: bool, pack: int, ema_decay: float | None,
                  optimizer_g: dict[str, Any], optimizer_d: dict[str, Any], scheduler: dict[str, Any] | None,
                  optimizer: None):
@@ -202,6 +203,9 @@ class GAN(GenerativeModel):
         self.fc_dim, self.d_batch_norm = fc_dim, d_batch_norm and self.arch == "dcgan"  # DCGAN players only
         self.generator = self.build_generator(self.generator_input_dim())
         self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
+        if init == "dcgan":
+            dcgan_init_(self.generator)
+            dcgan_init_(self.discriminator)
         self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
         self._single_process = True
 

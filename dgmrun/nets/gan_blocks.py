@@ -34,6 +34,23 @@ def maybe_bn(features: int, batch_norm: bool, dims: int = 1) -> list[nn.Module]:
     return [nn.BatchNorm2d(features) if dims == 2 else nn.BatchNorm1d(features)]
 
 
+def dcgan_init_(net: nn.Module) -> None:
+    """Radford et al. 2016's initialisation, in place: every convolution and linear weight ~ N(0, 0.02), every
+    batch-norm scale ~ N(1, 0.02), biases 0. PyTorch's default draws the last transposed convolution of a
+    one-channel G from U(-1/4, 1/4) (its fan-in is 1 x 4 x 4): its 256 inputs per pixel then sum to a fixed
+    pattern that saturates the tanh for every z, which plain DCGAN on MNIST never left."""
+    for layer in net.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            spectral = nn.utils.parametrize.is_parametrized(layer, "weight")  # init the weight it normalises
+            nn.init.normal_(layer.parametrizations.weight.original if spectral else layer.weight, 0.0, 0.02)
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+        else:
+            continue
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
 def pack_samples(x: Tensor, pack: int) -> Tensor:
     """N×D -> (N/pack)×(pack·D) for points, N×C×H×W -> (N/pack)×(pack·C)×H×W for images.
 

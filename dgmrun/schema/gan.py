@@ -21,6 +21,7 @@ from dgmrun.schema.base import (
 GAN_ARCHS = ("auto", "mlp", "dcgan")
 GAN_LOSSES = ("minimax", "ns", "wgan", "wgan_gp", "lsgan", "hinge")
 GAN_NOISES = ("normal", "uniform")
+GAN_INITS = ("default", "dcgan")
 
 
 def _adam(lr: float) -> OptimizerConfig:
@@ -45,6 +46,8 @@ class GANConfig(ModelConfig):
     # dcgan players only: width of a fully connected layer after G's input and before D's output (InfoGAN's: 1024)
     fc_dim: Optional[int] = None
     d_batch_norm: bool = False  # dcgan players only: batch norm in D's second stage and FC layer (not with wgan_gp)
+    # default: PyTorch's layer init | dcgan: Radford et al.'s, weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02)
+    init: str = "default"
     n_critic: int = 1  # D updates per G update
     clip: float = 0.01  # wgan: D weights clipped to [-clip, clip]
     gp_weight: float = 10.0  # wgan_gp: weight of the gradient penalty
@@ -67,6 +70,7 @@ class GANConfig(ModelConfig):
         one_of("model.loss", self.loss, GAN_LOSSES)
         one_of("model.arch", self.arch, GAN_ARCHS)
         one_of("model.noise", self.noise, GAN_NOISES)
+        one_of("model.init", self.init, GAN_INITS)
         require_sizes("model.latent_dim", self.latent_dim)
         require_sizes("model.g_hidden_dims", self.g_hidden_dims)
         require_sizes("model.d_hidden_dims", self.d_hidden_dims)
