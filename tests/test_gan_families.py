@@ -146,6 +146,15 @@ def test_infogan_info_loss_is_small_when_q_reads_the_codes_exactly():
 
 
 # ------------------------------------------------------------------------------------ EBGAN
+@pytest.mark.parametrize("make,extra", [(InfoGAN, "q_head"), (BiGAN, "encoder")])
+def test_dcgan_init_reaches_the_networks_a_family_adds(make, extra):
+    torch.manual_seed(0)
+    model = make.build(IMG, arch="dcgan", init="dcgan")
+    linear = [m for m in getattr(model, extra).modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert linear and all(m.weight.std().item() == pytest.approx(0.02, rel=0.15) for m in linear)
+    assert all(not m.bias.any() for m in linear if m.bias is not None)
+
+
 def test_pull_away_term_against_a_double_loop():
     s = torch.randn(5, 3)
     total = 0.0

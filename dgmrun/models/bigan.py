@@ -64,6 +64,7 @@ class BiGAN(GAN):
         else:
             self.encoder = nn.Sequential(nn.Flatten(), mlp(info.num_dims, self.e_hidden_dims, self.latent_dim,
                                                            nn.LeakyReLU))
+        self.initialise(self.encoder)
 
     def build_discriminator(self, extra: int = 0, out_dim: int = 1) -> nn.Module:
         x_critic = super().build_discriminator(extra, out_dim)  # MLP or DCGAN critic on packed x: reuse its body

@@ -203,13 +203,18 @@ class GAN(GenerativeModel):
         self.fc_dim, self.d_batch_norm = fc_dim, d_batch_norm and self.arch == "dcgan"  # DCGAN players only
         self.generator = self.build_generator(self.generator_input_dim())
         self.discriminator = self.build_discriminator(self.critic_extra_channels(), self.critic_out_dim())
-        if init == "dcgan":
-            dcgan_init_(self.generator)
-            dcgan_init_(self.discriminator)
+        self.weight_init = init
+        self.initialise(self.generator, self.discriminator)
         self.ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
         self._single_process = True
 
     # ------------------------------------------------------------------ networks (subclasses extend these)
+    def initialise(self, *nets: nn.Module) -> None:
+        """``model.init`` for freshly built networks: subclasses call it on the ones they add (Q head, encoder)."""
+        if self.weight_init == "dcgan":
+            for net in nets:
+                dcgan_init_(net)
+
     def generator_input_dim(self) -> int:
         return self.latent_dim
 

@@ -48,6 +48,7 @@ class InfoGAN(GAN):
         features = self.discriminator.features
         self.q_head = nn.Sequential(nn.Linear(features, 128), *maybe_bn(128, self.d_batch_norm), nn.LeakyReLU(0.2),
                                     nn.Linear(128, self.pack * code_out))
+        self.initialise(self.q_head)
 
     @property
     def code_dim(self) -> int:

@@ -37,8 +37,9 @@ def maybe_bn(features: int, batch_norm: bool, dims: int = 1) -> list[nn.Module]:
 def dcgan_init_(net: nn.Module) -> None:
     """Radford et al. 2016's initialisation, in place: every convolution and linear weight ~ N(0, 0.02), every
     batch-norm scale ~ N(1, 0.02), biases 0. PyTorch's default draws the last transposed convolution of a
-    one-channel G from U(-1/4, 1/4) (its fan-in is 1 x 4 x 4): its 256 inputs per pixel then sum to a fixed
-    pattern that saturates the tanh for every z, which plain DCGAN on MNIST never left."""
+    one-channel G from U(-1/4, 1/4) (its fan-in is 1 x 4 x 4), so that G starts from a large fixed pattern, a
+    tenth of its pixels saturated before the first step; from there, plain DCGAN on MNIST drew one saturated
+    checkerboard for every z within its first epoch and never left it."""
     for layer in net.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             spectral = nn.utils.parametrize.is_parametrized(layer, "weight")  # init the weight it normalises

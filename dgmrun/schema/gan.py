@@ -46,7 +46,7 @@ class GANConfig(ModelConfig):
     # dcgan players only: width of a fully connected layer after G's input and before D's output (InfoGAN's: 1024)
     fc_dim: Optional[int] = None
     d_batch_norm: bool = False  # dcgan players only: batch norm in D's second stage and FC layer (not with wgan_gp)
-    # default: PyTorch's layer init | dcgan: Radford et al.'s, weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02)
+    # every network's weights: default (PyTorch's) | dcgan (Radford et al.: N(0, 0.02); batch-norm scales N(1, 0.02))
     init: str = "default"
     n_critic: int = 1  # D updates per G update
     clip: float = 0.01  # wgan: D weights clipped to [-clip, clip]
