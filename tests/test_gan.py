@@ -15,7 +15,7 @@ from dgmrun.data.datamodule import Toy2D
 from dgmrun.errors import DgmrunError
 from dgmrun.models.ema import EMA
 from dgmrun.models.gan import GAN, LOSSES, gradient_penalty
-from dgmrun.nets.gan_blocks import MinibatchStd, pack_samples
+from dgmrun.nets.gan_blocks import MinibatchStd, pack_samples, raw_weight
 from tests.conftest import run_dgmrun
 
 TOY = {"name": "toy2d", "shape": [2], "num_classes": 8, "levels": None}
@@ -128,8 +128,7 @@ def test_dcgan_init_draws_the_papers_weights_and_the_ema_starts_from_them(spectr
               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d))]
     assert len(layers) == 13  # G: 2 linear, 2 conv, 3 batch norms; D: 2 conv, 2 linear, 2 batch norms
     for layer in layers:
-        parametrized = nn.utils.parametrize.is_parametrized(layer, "weight")
-        weight = layer.parametrizations.weight.original if parametrized else layer.weight
+        weight = raw_weight(layer)
         centre = 1.0 if isinstance(layer, nn.modules.batchnorm._BatchNorm) else 0.0
         assert weight.mean().item() == pytest.approx(centre, abs=0.01)
         if weight.numel() >= 1000:

@@ -34,6 +34,13 @@ def maybe_bn(features: int, batch_norm: bool, dims: int = 1) -> list[nn.Module]:
     return [nn.BatchNorm2d(features) if dims == 2 else nn.BatchNorm1d(features)]
 
 
+def raw_weight(layer: nn.Module) -> Tensor:
+    """A layer's weight parameter itself: under spectral norm, the one it normalises."""
+    if nn.utils.parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
 def dcgan_init_(net: nn.Module) -> None:
     """Radford et al. 2016's initialisation, in place: every convolution and linear weight ~ N(0, 0.02), every
     batch-norm scale ~ N(1, 0.02), biases 0. PyTorch's default draws the last transposed convolution of a
@@ -42,8 +49,7 @@ def dcgan_init_(net: nn.Module) -> None:
     checkerboard for every z within its first epoch and never left it."""
     for layer in net.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            spectral = nn.utils.parametrize.is_parametrized(layer, "weight")  # init the weight it normalises
-            nn.init.normal_(layer.parametrizations.weight.original if spectral else layer.weight, 0.0, 0.02)
+            nn.init.normal_(raw_weight(layer), 0.0, 0.02)
         elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
             nn.init.normal_(layer.weight, 1.0, 0.02)
         else:
