@@ -80,6 +80,24 @@ def test_eps_x0_and_v_parameterizations_convert_into_each_other_exactly():
         torch.testing.assert_close(got_eps, noise, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weight_makes_every_target_the_same_capped_x0_error(prediction):
+    """Hang et al.'s loss is min(SNR_t, gamma) ||x0 - x0_hat||^2 whichever target the network predicts."""
+    d = GaussianDiffusion("linear", 1000)
+    gen = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(256, 4, generator=gen, dtype=torch.float64), torch.randn(256, 4, generator=gen, dtype=torch.float64)
+    t = torch.randint(1000, (256,), generator=gen)
+    d = d.double()
+    xt = d.q_sample(x0, t, noise)
+    output = d.target(x0, noise, t, prediction) + 0.1 * torch.randn(256, 4, generator=gen, dtype=torch.float64)
+    x0_hat, _ = d.to_x0_and_eps(output, xt, t, prediction)
+    target_error = (output - d.target(x0, noise, t, prediction)).pow(2).sum(1)
+    snr = d.alpha_bar[t] / (1 - d.alpha_bar[t])
+    expected = snr.clamp(max=5.0) * (x0_hat - x0).pow(2).sum(1)
+    torch.testing.assert_close(d.min_snr_weight(t, prediction, 5.0) * target_error, expected)
+    assert (snr > 5).any() and (snr < 5).any()  # both sides of the cap were drawn
+
+
 def test_ddim_eta_1_with_every_step_is_the_ddpm_sampler():
     model = tiny_ddpm()
     ddpm = model.sample(16, torch.Generator().manual_seed(3), sampler="ddpm")

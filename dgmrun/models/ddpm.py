@@ -137,13 +137,22 @@ class GaussianDiffusion(nn.Module):
         ab = self._at(self.alpha_bar, t, x0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
+    def min_snr_weight(self, t: Tensor, prediction: str, gamma: float) -> Tensor:
+        """Min-SNR-gamma (Hang et al. 2023) as a weight on the squared error of the target: min(SNR, gamma)
+        ||x0 - x0_hat||^2 with SNR_t = abar_t / (1 - abar_t), where ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2
+        and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2."""
+        snr = self.alpha_bar[t] / (1 - self.alpha_bar[t])
+        capped = snr.clamp(max=gamma)
+        return {"eps": capped / snr, "x0": capped, "v": capped / (snr + 1)}[prediction]
+
 
 class DDPM(GenerativeModel):
     sampler_options = ("sampler", "steps", "eta", "guidance")
 
     likelihood_kind = "bound"
 
-    def __init__(self, data_info: dict[str, Any], *, num_timesteps: int, schedule: str, prediction: str, sigma: str,
+    def __init__(self, data_info: dict[str, Any], *, num_timesteps: int, schedule: str, prediction: str,
+                 min_snr_gamma: float | None, sigma: str,
                  base_channels: int, channel_mult: Sequence[int] | None, num_res_blocks: int,
                  attention_resolutions: Sequence[int], dropout: float, hidden_dims: Sequence[int], conditional: bool,
                  p_uncond: float, ema_decay: float | None, optimizer: dict[str, Any], scheduler: dict[str, Any] | None):
@@ -151,6 +160,7 @@ class DDPM(GenerativeModel):
         self.save_hyperparameters()
         info = self.data_info
         self.prediction, self.sigma, self.p_uncond = prediction, sigma, p_uncond
+        self.min_snr_gamma = min_snr_gamma
         self.num_classes = info.num_classes if conditional else 0
         self.diffusion = GaussianDiffusion(schedule, num_timesteps)
         if info.is_image:
@@ -187,8 +197,10 @@ class DDPM(GenerativeModel):
         return x0, eps
 
     # ------------------------------------------------------------------ training (L_simple)
-    def simple_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-example mean squared error of the network's target at a uniform timestep (Ho et al. eq. 14)."""
+    def simple_loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                    weighted: bool = False) -> Tensor:
+        """Per-example mean squared error of the network's target at a uniform timestep (Ho et al. eq. 14);
+        ``weighted``: times the Min-SNR weight of its timestep, where ``model.min_snr_gamma`` is set."""
         x0 = self.to_model_space(x)
         t = torch.randint(self.diffusion.num_timesteps, (len(x0),), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
@@ -198,11 +210,14 @@ class DDPM(GenerativeModel):
             labels = torch.where(drop, torch.full_like(y, self.num_classes), y)
         output = self.net(self.diffusion.q_sample(x0, t, noise), t, labels)
         target = self.diffusion.target(x0, noise, t, self.prediction)
-        return (output.float() - target).pow(2).flatten(1).mean(1)
+        loss = (output.float() - target).pow(2).flatten(1).mean(1)
+        if weighted and self.min_snr_gamma is not None:
+            loss = loss * self.diffusion.min_snr_weight(t, self.prediction, self.min_snr_gamma)
+        return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        loss = self.simple_loss(x, y).mean()
+        loss = self.simple_loss(x, y, weighted=True).mean()
         self.log_training(batch_idx, {"train/loss": loss}, {"loss": loss}, len(x))
         return loss
 

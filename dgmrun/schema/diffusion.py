@@ -26,6 +26,9 @@ class DDPMConfig(ModelConfig):
     num_timesteps: int = 1000  # T
     schedule: str = "linear"  # linear (1e-4 to 0.02, Ho et al.) | cosine (Nichol & Dhariwal 2021)
     prediction: str = "eps"  # eps (L_simple) | x0 | v (Salimans & Ho 2022)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's squared error weighted as
+    # min(SNR_t, gamma) ||x0 - x0_hat||^2, which caps the weight of the nearly clean steps; null: L_simple.
+    min_snr_gamma: Optional[float] = None
     sigma: str = "posterior"  # reverse-step variance: posterior (beta~_t) | beta (beta_t)
     base_channels: int = 64  # U-Net width at full resolution
     # per resolution; null: from the image side (auto_channel_mult: 8 px [1, 2]; 28 [1, 2, 2]; 32 [1, 2, 2, 2])
@@ -45,6 +48,8 @@ class DDPMConfig(ModelConfig):
         one_of("model.schedule", self.schedule, ("linear", "cosine"))
         one_of("model.prediction", self.prediction, ("eps", "x0", "v"))
         one_of("model.sigma", self.sigma, ("posterior", "beta"))
+        require(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+                f"model.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
         require(self.base_channels > 0, f"model.base_channels must be > 0, got {self.base_channels}")
         require(self.channel_mult is None or (len(self.channel_mult) > 0 and all(m > 0 for m in self.channel_mult)),
                 f"model.channel_mult must be positive multipliers or null (auto), got {self.channel_mult}")
