@@ -1,6 +1,6 @@
 """FID and wall time of a trained DDPM against the number of sampling steps, for DDIM (eta = 0 and 1) and DDPM.
 
-    python scripts/diffusion_steps.py --ckpt outputs/train/DATE/TIME [--steps 10 20 50 100 1000] [--num 2000]
+    python scripts/diffusion_steps.py --ckpt outputs/train/DATE/TIME [--steps 10 20 50 100 1000] [--num 2000] [data.root=PATH]
                                       [--batch-size 500] [--plot docs/ddpm_steps.png]
 
 The same starting noise (one seed) for every setting. FID is dgmrun's, with the data's cached evaluator
@@ -16,20 +16,29 @@ import time
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from dgmrun.checkpoint import load_model, merge_with_checkpoint, read_checkpoint
+from dgmrun.cli import user_error
+from dgmrun.errors import DgmrunError
 from dgmrun.io import sample_in_batches
 from dgmrun.metrics.samples import SampleScorer
 
 
 def run_config(ckpt: str, overrides: list[str]):
-    with initialize_config_module(config_module="dgmrun.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=eval", f"ckpt_path={ckpt}", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = "."
-    return merge_with_checkpoint(cfg, read_checkpoint(ckpt)["dgmrun"]["config"], overrides)
+    stored = read_checkpoint(ckpt)["dgmrun"]["config"]
+    if any(o.startswith("data.") for o in overrides) and not any(o.startswith("data=") for o in overrides):
+        overrides = [f"data={stored['data']['name']}", *overrides]  # data.root=... is a key of the checkpoint's data
+    try:
+        with initialize_config_module(config_module="dgmrun.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["task=eval", f"ckpt_path={ckpt}", *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = "."
+        return merge_with_checkpoint(cfg, stored, overrides)
+    except (HydraException, DgmrunError) as error:
+        raise SystemExit(f"diffusion_steps.py: error: {user_error(error)}") from None
 
 
 def main() -> None:
