@@ -83,11 +83,10 @@ def test_eps_x0_and_v_parameterizations_convert_into_each_other_exactly():
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_min_snr_weight_makes_every_target_the_same_capped_x0_error(prediction):
     """Hang et al.'s loss is min(SNR_t, gamma) ||x0 - x0_hat||^2 whichever target the network predicts."""
-    d = GaussianDiffusion("linear", 1000)
+    d = GaussianDiffusion("linear", 1000).double()
     gen = torch.Generator().manual_seed(2)
     x0, noise = torch.randn(256, 4, generator=gen, dtype=torch.float64), torch.randn(256, 4, generator=gen, dtype=torch.float64)
     t = torch.randint(1000, (256,), generator=gen)
-    d = d.double()
     xt = d.q_sample(x0, t, noise)
     output = d.target(x0, noise, t, prediction) + 0.1 * torch.randn(256, 4, generator=gen, dtype=torch.float64)
     x0_hat, _ = d.to_x0_and_eps(output, xt, t, prediction)
