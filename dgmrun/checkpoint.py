@@ -22,10 +22,8 @@ from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
 from dgmrun.files import atomic_open
 from dgmrun.models.base import GenerativeModel, build_model
-from dgmrun.schema import resolve_ckpt_path
+from dgmrun.schema import CHECKPOINT_GROUPS, resolve_ckpt_path
 
-# Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
-CHECKPOINT_GROUPS = ("model", "data")
 # Trainer keys that resumed training keeps even under a trainer group chosen anew (trainer=gpu): the budget.
 BUDGET_KEYS = ("max_epochs", "max_steps", "max_time")
 # The trainer keys that describe the machine, not the run: a run resumed elsewhere takes this command's.

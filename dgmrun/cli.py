@@ -28,7 +28,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from dgmrun import signals
 from dgmrun.errors import DgmrunError
 from dgmrun.report import REPORT_FILES, is_refused_job, read_runs
-from dgmrun.schema import validate
+from dgmrun.schema import CHECKPOINT_GROUPS, validate
 
 
 # Set while Hydra composes the config, so that its errors reach main() instead of its own report
@@ -174,16 +174,25 @@ def unknown_key_message(full_key: str, key: str, parent: Any) -> str:
     names = [n for n in names if not n.startswith("_") and (prefix or n != "hydra")]
     close = [f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(key, names, n=3)]
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    group = full_key.split(".")[0]
-    if not close and group in ("data", "model") and _given("ckpt_path") and not _given(group):
-        # The keys are those of the composed default; the checkpoint's own group is known only after it is read.
-        hint = f"; with ckpt_path, name the checkpoint's {group} option too (e.g. data=mnist data.root=PATH)"
     return f"unknown key {full_key}{hint} ({prefix or 'the top level'} takes: {', '.join(names)})"
 
 
-def _given(key: str) -> bool:
-    """Whether the command line sets ``key`` (``key=...``)."""
-    return any(arg.lstrip("+~").split("=")[0] == key for arg in sys.argv[1:])
+def onto_checkpoint(overrides: list[str]) -> list[str]:
+    """With ``ckpt_path``, ``data.root=PATH`` and ``model.k=5`` set keys of the checkpoint's own data and
+    model settings, which the default options Hydra composes first may lack (the 8x8 digits have no root):
+    they are passed as ``++data.root=PATH``, and checked once merged with the checkpoint's
+    (``dgmrun.checkpoint.merge_with_checkpoint``, then ``validate``). A group chosen anew (``data=mnist``)
+    keeps its keys as given, checked by Hydra against that option."""
+    keys = [o.split("=", 1)[0] for o in overrides]
+    if "ckpt_path" not in keys:
+        return overrides
+    onto = set(CHECKPOINT_GROUPS) - set(keys)  # the groups not chosen anew: the checkpoint's
+
+    def passed(override: str) -> str:
+        group, dot, _ = override.split("=", 1)[0].partition(".")
+        return f"++{override}" if "=" in override and dot and group in onto else override
+
+    return [passed(o) for o in overrides]
 
 
 def _every_job_failed(sweep_dir: Path | None) -> bool:
@@ -255,6 +264,7 @@ def main() -> None:
     if sys.argv[1:] in (["--help"], ["-h"]):
         print(HELP.format(groups="\n".join(f"{g}: {', '.join(o)}" for g, o in config_groups().items())))
         return
+    sys.argv[1:] = onto_checkpoint(sys.argv[1:])
     signals.install()
     logging.raiseExceptions = False  # a log file on a full disk: no traceback for every line logged
     global _raising_hydra_errors

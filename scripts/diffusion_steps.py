@@ -20,23 +20,25 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from dgmrun.checkpoint import load_model, merge_with_checkpoint, read_checkpoint
-from dgmrun.cli import user_error
+from dgmrun.checkpoint import load_model
+from dgmrun.cli import onto_checkpoint, user_error
 from dgmrun.errors import DgmrunError
 from dgmrun.io import sample_in_batches
 from dgmrun.metrics.samples import SampleScorer
+from dgmrun.schema import validate
+from dgmrun.tasks.common import config_from_checkpoint
 
 
 def run_config(ckpt: str, overrides: list[str]):
-    stored = read_checkpoint(ckpt)["dgmrun"]["config"]
-    if any(o.startswith("data.") for o in overrides) and not any(o.startswith("data=") for o in overrides):
-        overrides = [f"data={stored['data']['name']}", *overrides]  # data.root=... is a key of the checkpoint's data
+    """The run config of ``task=eval ckpt_path=ckpt`` with ``overrides``, as the command line makes it."""
+    overrides = onto_checkpoint(["task=eval", f"ckpt_path={ckpt}", *overrides])
     try:
         with initialize_config_module(config_module="dgmrun.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["task=eval", f"ckpt_path={ckpt}", *overrides])
+            cfg = compose(config_name="config", overrides=overrides)
         with open_dict(cfg):
             cfg.paths.output_dir = "."
-        return merge_with_checkpoint(cfg, stored, overrides)
+        validate(cfg)
+        return config_from_checkpoint(cfg, overrides)[0]
     except (HydraException, DgmrunError) as error:
         raise SystemExit(f"diffusion_steps.py: error: {user_error(error)}") from None
 

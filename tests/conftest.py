@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -92,3 +94,23 @@ class SaveWeightsPerRank(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         torch.save({k: v.detach().float().clone() for k, v in pl_module.state_dict().items()},
                    self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def fake_mnist(root: Path, n_train: int = 400, n_test: int = 100) -> Path:
+    """MNIST-format files made of sklearn's digits enlarged to 28 x 28: real labels, tiny, instant."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)  # 24 x 24
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx(root / "train-images-idx3-ubyte.gz", images[:n_train])
+    write_idx(root / "train-labels-idx1-ubyte.gz", digits.target[:n_train])
+    write_idx(root / "t10k-images-idx3-ubyte.gz", images[n_train:n_train + n_test])
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", digits.target[n_train:n_train + n_test])
+    return root

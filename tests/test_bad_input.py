@@ -72,11 +72,11 @@ def test_composition_errors_are_reworded(override, expected):
     assert user_error(refused.value).startswith(expected)
 
 
-def test_a_data_key_with_a_checkpoint_asks_for_the_checkpoints_data_option(tmp_path, vae_run):
-    """``task=eval ckpt_path=<run> data.root=...``: keys are checked against the composed default (digits),
-    which has no root; the line says to name the data option."""
+def test_a_data_key_the_checkpoints_data_lacks_is_refused_with_its_keys(tmp_path, vae_run):
+    """``task=eval ckpt_path=<a digits run> data.root=...``: the key is checked against the checkpoint's data
+    (the 8x8 digits are embedded and have no root), not against a default option."""
     line = refusal(run_dgmrun("task=eval", f"ckpt_path={vae_run}", "data.root=somewhere", cwd=tmp_path, timeout=60),
-                   "unknown key data.root", "name the checkpoint's data option too")
+                   "unknown key data.root", "(data takes: batch_size")
     assert "did you mean" not in line
 
 

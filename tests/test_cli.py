@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
-from tests.conftest import run_dgmrun
+from tests.conftest import fake_mnist, run_dgmrun
 
 
 def test_help_lists_every_group_without_importing_torch(tmp_path):
@@ -59,3 +61,17 @@ def test_bad_input_is_refused_cleanly(tmp_path, args, expected):
     for text in expected:
         assert text in out.stderr, f"{text!r} not in stderr:\n{out.stderr}"
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_run_reads_its_data_from_another_root_without_naming_its_option(tmp_path):
+    """The data of an MNIST run moved: ``task=eval ckpt_path=<run> data.root=<new place>`` alone finds it."""
+    fake_mnist(tmp_path / "first")
+    trained = run_dgmrun("data=mnist", f"data.root={tmp_path / 'first'}", "trainer=debug", "task.test=false",
+                         "hydra.run.dir=run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "first").rename(tmp_path / "moved")
+    evaluated = run_dgmrun("task=eval", "ckpt_path=run", "data.root=moved", "eval.num_importance_samples=2",
+                           "trainer.limit_test_batches=1", "hydra.run.dir=eval", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/nll"] > 0
+    assert OmegaConf.load(tmp_path / "eval" / "config.yaml").data.root == str(tmp_path / "moved")

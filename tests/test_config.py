@@ -185,6 +185,37 @@ def test_a_checkpoint_fixes_its_model(cfg_factory, tmp_path):
         validate(merge("data=cifar10"), checkpoint_merged=True, trained_on=trained_on)
 
 
+def test_keys_of_a_checkpoints_groups_need_no_option_named(cfg_factory, tmp_path):
+    """``ckpt_path=<an IWAE run on MNIST> data.root=B model.k=7``: the keys change the checkpoint's own
+    settings (which the default option, the 8x8 digits' VAE, lacks) and are checked against them."""
+    from dgmrun.checkpoint import merge_with_checkpoint
+    from dgmrun.cli import onto_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    stored_cfg = cfg_factory("model=iwae", "model.k=5", "data=mnist", "data.root=/a", "data.batch_size=20")
+    stored = {group: OmegaConf.to_container(stored_cfg[group]) for group in ("model", "data")}
+
+    def merge(*overrides: str):
+        args = onto_checkpoint(["task=eval", f"ckpt_path={ckpt}", *overrides])
+        cfg = cfg_factory(*args)
+        validate(cfg)
+        merged = merge_with_checkpoint(cfg, stored, args)
+        validate(merged, checkpoint_merged=True)
+        return merged
+
+    merged = merge("data.root=/b", "model.k=7")
+    assert (merged.data.name, merged.data.root, merged.data.batch_size) == ("mnist", "/b", 20)
+    assert (merged.model._target_, merged.model.k) == ("dgmrun.models.iwae.IWAE", 7)
+    with pytest.raises(DgmrunError, match=r"unknown key data.rooot; did you mean data.root\? \(data takes: "):
+        merge("data.rooot=/b")
+    with pytest.raises(DgmrunError, match="unknown key model.kk; did you mean model.k"):
+        merge("model.kk=7")
+    fresh = onto_checkpoint(["task=eval", f"ckpt_path={ckpt}", "data=mnist", "data.root=/c", "model.k=7"])
+    assert fresh[-3:] == ["data=mnist", "data.root=/c", "++model.k=7"]  # a group chosen anew: Hydra checks it
+    assert onto_checkpoint(["data.root=/c"]) == ["data.root=/c"]  # no checkpoint: the default option's keys
+
+
 @pytest.mark.parametrize("model,kept", [("ddpm", True), ("vae", False)])
 def test_a_checkpoint_keeps_the_sampler_options_its_model_declares(cfg_factory, tmp_path, model, kept):
     """A DDPM preset's DDIM sampler stays with its checkpoint for task=sample (unless the command line sets

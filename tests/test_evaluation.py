@@ -3,7 +3,6 @@ FID/KID/IS/PR through task=eval eval.samples, the eval.every_n_epochs callback a
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from dgmrun.metrics.samples import (
     reference_statistics,
 )
 from dgmrun.schema import validate
-from tests.conftest import compose_config, run_dgmrun
+from tests.conftest import compose_config, fake_mnist, run_dgmrun, write_idx
 
 # The CPU cores are shared: one thread per process avoids oversubscription (many times faster then).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -73,28 +72,8 @@ def test_classifier_reaches_97_percent_on_mnist_small(tmp_path, mnist_small):
     assert Path(metrics["evaluator/path"]).is_file()
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-def _fake_mnist(root: Path, n_train: int = 400, n_test: int = 100) -> Path:
-    """MNIST-format files made of sklearn's digits enlarged to 28 x 28: real labels, tiny, instant."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)  # 24 x 24
-    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    root.mkdir(parents=True, exist_ok=True)
-    _write_idx(root / "train-images-idx3-ubyte.gz", images[:n_train])
-    _write_idx(root / "train-labels-idx1-ubyte.gz", digits.target[:n_train])
-    _write_idx(root / "t10k-images-idx3-ubyte.gz", images[n_train:n_train + n_test])
-    _write_idx(root / "t10k-labels-idx1-ubyte.gz", digits.target[n_train:n_train + n_test])
-    return root
-
-
 def test_evaluator_cache_is_reused_and_invalidated_by_a_data_change(tmp_path):
-    root = _fake_mnist(tmp_path / "fake")
+    root = fake_mnist(tmp_path / "fake")
     evaluators = tmp_path / "evaluators"
     args = ("data=mnist", f"data.root={root}", "task.max_epochs.lenet=1")
     first = _train_evaluator(tmp_path / "a", evaluators, *args)
@@ -107,7 +86,7 @@ def test_evaluator_cache_is_reused_and_invalidated_by_a_data_change(tmp_path):
     assert second["evaluator/path"] == str(weights) and weights.stat().st_mtime_ns == stamp
     assert second["test/acc"] == pytest.approx(first["test/acc"], abs=1e-6)
 
-    _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.zeros(100, dtype=np.uint8))  # the data changed
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.zeros(100, dtype=np.uint8))  # the data changed
     third = _train_evaluator(tmp_path / "c", evaluators, *args)
     assert third["evaluator/cached"] == 0
     assert third["evaluator/data_checksum"] != first["evaluator/data_checksum"]

@@ -9,6 +9,7 @@ without is refused), while a user's own ``_target_`` is passed through unchecked
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import sys
@@ -108,6 +109,8 @@ class EvalConfig:
         require(self.num_samples > 0, f"eval.num_samples must be > 0, got {self.num_samples}")
 
 
+# Groups whose settings a checkpoint fixes; the rest (trainer, sample, eval, ...) belong to the new run.
+CHECKPOINT_GROUPS = ("model", "data")
 IMPUTE_MASKS = ("center", "random", "bottom", "top", "left", "right", "columns", "file")
 
 
@@ -251,7 +254,9 @@ def _describe(e: OmegaConfBaseException, node: DictConfig, schema: type, prefix:
     key = f"{prefix}.{full_key}" if full_key else prefix
     if isinstance(e, ConfigKeyError):
         names = sorted(f.name for f in fields(schema) if f.name != "_target_")
-        return f"unknown key {key}; {prefix} takes: {', '.join(names)}"
+        close = difflib.get_close_matches(full_key, names, n=3) if "." not in full_key else []
+        hint = f"; did you mean {' or '.join(f'{prefix}.{c}' for c in close)}?" if close else ""
+        return f"unknown key {key}{hint} ({prefix} takes: {', '.join(names)})"
     if isinstance(e, MissingMandatoryValue):
         return f"{key} must be set"
     got = OmegaConf.select(node, full_key, throw_on_missing=False) if full_key else node
@@ -351,8 +356,10 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
     require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (numpy's range), got {cfg.seed}")
     require(cfg.get("optimized_metric") is None or isinstance(cfg.optimized_metric, str),
             f"optimized_metric must be a metric's name (val/loss, test/nll, ...) or null, got {cfg.optimized_metric!r}")
-    model_schema = _declaration("model", cfg.model, MODEL_SCHEMAS, "dgmrun.models.")
-    data_schema = _declaration("data", cfg.data, DATA_SCHEMAS, "dgmrun.data.")
+    # With a checkpoint, the model and data settings are checked once merged with the checkpoint's.
+    merging = cfg.ckpt_path is not None and not checkpoint_merged
+    model_schema = None if merging else _declaration("model", cfg.model, MODEL_SCHEMAS, "dgmrun.models.")
+    data_schema = None if merging else _declaration("data", cfg.data, DATA_SCHEMAS, "dgmrun.data.")
     model = _check_node(cfg.model, model_schema, "model") if model_schema else None
     data = _check_node(cfg.data, data_schema, "data") if data_schema else None
     _check_node(cfg.sample, SampleConfig, "sample")

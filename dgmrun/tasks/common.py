@@ -78,13 +78,14 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
-    """(run config with the checkpoint's model and data settings under this command line's, checkpoint)."""
+def config_from_checkpoint(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, Any]]:
+    """(run config with the checkpoint's model and data settings under the ``overrides`` (by default this
+    command line's), checkpoint)."""
     from dgmrun.schema import validate
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["dgmrun"]["config"]
-    merged = merge_with_checkpoint(cfg, stored, command_line_overrides())
+    merged = merge_with_checkpoint(cfg, stored, command_line_overrides() if overrides is None else overrides)
     data_info = checkpoint.get("hyper_parameters", {}).get("data_info")
     validate(merged, checkpoint_merged=True, trained_on=DataInfo.from_dict(data_info) if data_info else None)
     if merged.task.name == "train":  # resuming: the weights must fit before Lightning loads them, with a traceback
