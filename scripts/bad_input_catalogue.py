@@ -251,6 +251,8 @@ def cases() -> list[Case]:
              not_a_dgmrun_checkpoint),
         Case("task=sample model=gan ckpt_path=<VAE run>", ["task=sample", "model=gan", "ckpt_path={vae_run}"]),
         Case("task=train model=gan ckpt_path=<VAE run>", ["task=train", "model=gan", "ckpt_path={vae_run}"]),
+        Case("misspelled key of a checkpoint's model", ["task=sample", "ckpt_path={vae_run}", "model.latnt_dim=3"]),
+        Case("data.root for a digits checkpoint", ["task=eval", "ckpt_path={vae_run}", "data.root={ws}"]),
         Case("eval digits ckpt with data=mnist", ["task=eval", "ckpt_path={vae_run}", "data=mnist", "data.root={mnist}"],
              skip=None if MNIST_SMALL.exists() else f"no {MNIST_SMALL}"),
         Case("sample.classes for an unconditional model", ["task=sample", "ckpt_path={vae_run}", "sample.classes=[1,2]"]),
