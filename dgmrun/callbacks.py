@@ -105,7 +105,7 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self.samples += len(batch[0]) * trainer.world_size
+        self.samples += batch[1].numel() * trainer.world_size  # the labels: one per example, grouped or not
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -114,6 +114,20 @@ class Throughput(pl.Callback):
         if trainer.is_global_zero and self.samples_per_s is not None:
             for logger in trainer.loggers:
                 logger.log_metrics({"perf/train_samples_per_s": self.samples_per_s}, step=trainer.global_step)
+
+
+class StepsPerExecution(pl.Callback):
+    """``trainer.steps_per_execution=k``: the datamodule groups k training batches into one, and the model
+    makes k updates on each (``GenerativeModel.execute_steps``), clipping gradients by ``gradient_clip_val``
+    itself (Lightning clips under automatic optimization only)."""
+
+    def __init__(self, k: int, gradient_clip_val: float | None) -> None:
+        self.k, self.gradient_clip_val = k, gradient_clip_val
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            pl_module.execute_steps(self.k, self.gradient_clip_val)
+            trainer.datamodule.steps_per_execution = self.k
 
 
 class NetworkSpeedups(pl.Callback):

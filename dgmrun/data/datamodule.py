@@ -195,6 +195,36 @@ class DeviceBatches(BatchOrder):
                 yield xb, self.y[idx]
 
 
+class Grouped:
+    """``trainer.steps_per_execution``: ``k`` consecutive training batches of ``batches`` stacked into one
+    (k x batch x ...) batch, which the model steps on one by one (``GenerativeModel.execute_steps``); the
+    epoch's last group may hold fewer. The position checkpoints save stays that of ``batches``, in batches."""
+
+    def __init__(self, batches: Iterable[Batch], k: int) -> None:
+        self.batches, self.k = batches, k
+
+    @property
+    def num_updates(self) -> int:
+        return len(self.batches)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_updates / self.k)
+
+    def __iter__(self) -> Iterator[Batch]:
+        group: list[Batch] = []
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.k:
+                yield self._stack(group)
+                group = []
+        if group:
+            yield self._stack(group)
+
+    @staticmethod
+    def _stack(group: list[Batch]) -> Batch:
+        return torch.stack([x for x, _ in group]), torch.stack([y for _, y in group])
+
+
 def _dynamic_binarize(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.bernoulli(x, generator=generator)
 
@@ -211,6 +241,7 @@ class BaseDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self._info: DataInfo | None = None
         self._train_batches: BatchOrder | None = None
+        self.steps_per_execution = 1  # trainer.steps_per_execution, set by dgmrun.callbacks.StepsPerExecution
         self._train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
 
     @classmethod
@@ -270,7 +301,8 @@ class BaseDataModule(LightningDataModule):
         raise NotImplementedError
 
     def train_dataloader(self) -> Iterable[Batch]:
-        return self._loader("train")
+        batches = self._loader("train")
+        return batches if self.steps_per_execution == 1 else Grouped(batches, self.steps_per_execution)
 
     def val_dataloader(self) -> Iterable[Batch]:
         return self._loader("val")

@@ -181,6 +181,10 @@ class GenerativeModel(pl.LightningModule):
         self.eval_settings = {}
         # The resolved run config and provenance, written into every checkpoint by the tasks.
         self.run_record: dict[str, Any] = {}
+        # trainer.steps_per_execution (``execute_steps``): updates per Lightning batch, and whether the update
+        # being made is its epoch's last (None: one update per batch, Lightning's batch_idx tells).
+        self.steps_per_execution = 1
+        self._ends_epoch: bool | None = None
 
     @property
     def eval_settings(self) -> dict[str, Any]:
@@ -364,7 +368,8 @@ class GenerativeModel(pl.LightningModule):
         trainer = self._trainer
         if trainer is None:  # a step called by hand: nothing to log to
             return False
-        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= self.global_step + 1
+        ends_epoch = batch_idx + 1 >= trainer.num_training_batches if self._ends_epoch is None else self._ends_epoch
+        last = ends_epoch or 0 < trainer.max_steps <= self.global_step + 1
         # The property Lightning's own LearningRateMonitor and ThroughputMonitor ask.
         return trainer._logger_connector.should_update_logs or last or bool(trainer.fast_dev_run)
 
@@ -381,6 +386,57 @@ class GenerativeModel(pl.LightningModule):
         if self.automatic_optimization:  # what training_step returned, which every model logs as train/loss
             self.check_finite("train/loss", loss)
 
+    def after_update(self) -> None:
+        """Called after each optimizer update of automatic optimization (DDPM: its EMA moves)."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.automatic_optimization:
+            self.after_update()
+
+    def execute_steps(self, k: int, gradient_clip_val: float | None) -> None:
+        """``trainer.steps_per_execution=k``: each training batch holds k batches (``dgmrun.data.datamodule.Grouped``),
+        and this model makes k updates on them, as Lightning's automatic optimization makes one, with the
+        same update index, loss check, gradient clipping (by norm), per-step schedulers and ``after_update``.
+        Lightning's cost per batch (hooks, closure, loop bookkeeping) is then paid once per k updates."""
+        self.steps_per_execution, self._gradient_clip_val = k, gradient_clip_val
+        self.automatic_optimization = False
+        self.training_step = self._execute_group  # the instance's: the class's one-batch step stays callable
+
+    def _execute_group(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        xs, ys = batch
+        trainer, optimizer = self.trainer, self.optimizers()
+        loop = trainer.fit_loop.epoch_loop
+        # Lightning counts the loggers' steps in batches: through the group, it counts this group's updates,
+        # so that the curves are written at the steps (and with the values) of one update per batch.
+        first = loop._batches_that_stepped
+        last_group = batch_idx + 1 >= trainer.num_training_batches
+        for j in range(len(xs)):
+            loop._batches_that_stepped = first + j
+            self._ends_epoch = last_group and j == len(xs) - 1
+            loss = type(self).training_step(self, (xs[j], ys[j]), batch_idx * self.steps_per_execution + j)
+            self.check_finite("train/loss", loss)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self._gradient_clip_val is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self._gradient_clip_val, gradient_clip_algorithm="norm")
+            optimizer.step()
+            self.step_schedulers("step")
+            self.after_update()
+            if 0 < trainer.max_steps <= self.global_step:
+                break
+        self._ends_epoch = None
+
+    def planned_updates(self) -> float:
+        """The run's number of optimizer updates (inf without a budget): Lightning's estimate, which counts
+        batches, in updates under ``trainer.steps_per_execution``."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if self.steps_per_execution == 1:
+            return total
+        per_epoch = min(trainer.num_training_batches * self.steps_per_execution, trainer.train_dataloader.num_updates)
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
+        return min(per_epoch * epochs, trainer.max_steps if trainer.max_steps > 0 else math.inf)
+
     def configure_optimizers(self) -> Any:
         optimizer = make_optimizer(self.parameters(), self.optimizer_settings)
         scheduler = self.make_scheduler(optimizer)
@@ -390,7 +446,7 @@ class GenerativeModel(pl.LightningModule):
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer, updates: float | None = None) -> dict[str, Any] | None:
         """``model.scheduler`` of ``optimizer``: cosine decay to 0 over its ``updates`` (default: the run's
-        ``trainer.estimated_stepping_batches``; 10**6 when the run has no step budget) (per step), linear warm-up
+        ``planned_updates()``; 10**6 when the run has no step budget) (per step), linear warm-up
         over ``warmup_steps`` then constant (per step; DDPM's schedule), step decay (per epoch), or Burda et al.
         2015's stages (per epoch): lr * 10**(-i/7) in stage i (``burda_stage``), the last stage's rate after
         ``stages`` stages."""
@@ -402,7 +458,7 @@ class GenerativeModel(pl.LightningModule):
             warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
             return {"scheduler": warmup, "interval": "step"}
         if settings["name"] == "cosine":
-            total = float(self.trainer.estimated_stepping_batches if updates is None else updates)
+            total = float(self.planned_updates() if updates is None else updates)
             total = max(1, int(total) if math.isfinite(total) else 10**6)
             return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
         if settings["name"] == "burda":

@@ -221,7 +221,7 @@ class DDPM(GenerativeModel):
         self.log_training(batch_idx, {"train/loss": loss}, {"loss": loss}, len(x))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def after_update(self) -> None:
         if self.ema is not None:
             self.ema.update(self.net)
 

@@ -177,6 +177,9 @@ class TrainerConfig:
     # (measured in the README's Performance section).
     compile: bool = False
     channels_last: bool = False
+    # K optimizer updates per Lightning batch (a batch of K stacked batches, stepped by the model): Lightning's
+    # fixed cost per batch (~0.4 ms) paid once per K updates. The same updates, curves and checkpoints as K=1.
+    steps_per_execution: int = 1
 
     def check(self) -> None:
         require(self.max_epochs is None or self.max_epochs >= -1, f"trainer.max_epochs must be >= -1, got {self.max_epochs}")
@@ -185,6 +188,18 @@ class TrainerConfig:
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             value = getattr(self, key)
             require(value is None or value >= 0, f"trainer.{key} must be >= 0, got {value}")
+        k = self.steps_per_execution
+        require(k >= 1, f"trainer.steps_per_execution must be >= 1, got {k}")
+        if k > 1:
+            why = f"trainer.steps_per_execution={k}"
+            require(self.devices in (1, "1") and self.num_nodes == 1 and "ddp" not in str(self.strategy),
+                    f"{why} runs on one device; use steps_per_execution=1 with devices={self.devices}")
+            require(not self.log_every_n_steps or self.log_every_n_steps % k == 0,
+                    f"{why} must divide trainer.log_every_n_steps={self.log_every_n_steps} (the loggers are "
+                    "written once per group of updates at most)")
+            limit = self.limit_train_batches
+            require(not isinstance(limit, int) or limit % k == 0,
+                    f"{why}: trainer.limit_train_batches={limit} (batches, each one update) must be a multiple of {k}")
 
 
 # --------------------------------------------------------------------------------- declarations
@@ -390,6 +405,12 @@ def validate(cfg: DictConfig, checkpoint_merged: bool = False, trained_on: Optio
         require(cfg.trainer.get("gradient_clip_val") is None,
                 f"trainer.gradient_clip_val: {cfg.model._target_.rsplit('.', 1)[-1]} steps its optimizers itself, and "
                 f"Lightning cannot clip gradients for such models; remove trainer.gradient_clip_val")
+    if cfg.trainer.get("steps_per_execution", 1) > 1:
+        why = f"trainer.steps_per_execution={cfg.trainer.steps_per_execution}"
+        require(model is None or not model.manual_optimization,
+                f"{why}: {cfg.model._target_.rsplit('.', 1)[-1]} steps its optimizers itself; use steps_per_execution=1")
+        require(cfg.trainer.get("accumulate_grad_batches", 1) == 1,
+                f"{why} steps on every batch; it cannot be combined with trainer.accumulate_grad_batches")
     # Relative paths mean relative to where dgmrun was started; stored absolute, they stay right in
     # checkpoints used from elsewhere.
     if cfg.data.get("root"):

@@ -208,6 +208,9 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = 
     speedups = {key: bool(trainer_cfg.pop(key, False)) for key in ("compile", "channels_last")}
     if any(speedups.values()):
         callbacks = [*callbacks, NetworkSpeedups(**speedups)]
+    steps_per_execution = int(trainer_cfg.pop("steps_per_execution", 1))
+    if steps_per_execution > 1:
+        callbacks = [*callbacks, StepsPerExecution(steps_per_execution, trainer_cfg.pop("gradient_clip_val", None))]
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks = [*callbacks, progress_bar()]
     try:
