@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import dgmrun
-from dgmrun.callbacks import NetworkSpeedups, progress_bar
+from dgmrun.callbacks import NetworkSpeedups, StepsPerExecution, progress_bar
 from dgmrun.checkpoint import AtomicCheckpointIO, merge_with_checkpoint, model_from_checkpoint, read_checkpoint
 from dgmrun.data.info import DataInfo
 from dgmrun.errors import DgmrunError
