@@ -119,14 +119,14 @@ class Throughput(pl.Callback):
 class StepsPerExecution(pl.Callback):
     """``trainer.steps_per_execution=k``: the datamodule groups k training batches into one, and the model
     makes k updates on each (``GenerativeModel.execute_steps``), clipping gradients by ``gradient_clip_val``
-    itself (Lightning clips under automatic optimization only)."""
+    (and ``gradient_clip_algorithm``) itself: Lightning clips under automatic optimization only."""
 
-    def __init__(self, k: int, gradient_clip_val: float | None) -> None:
-        self.k, self.gradient_clip_val = k, gradient_clip_val
+    def __init__(self, k: int, gradient_clip_val: float | None, gradient_clip_algorithm: str) -> None:
+        self.k, self.clip = k, (gradient_clip_val, gradient_clip_algorithm)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            pl_module.execute_steps(self.k, self.gradient_clip_val)
+            pl_module.execute_steps(self.k, *self.clip)
             trainer.datamodule.steps_per_execution = self.k
 
 

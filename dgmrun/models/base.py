@@ -393,12 +393,12 @@ class GenerativeModel(pl.LightningModule):
         if self.automatic_optimization:
             self.after_update()
 
-    def execute_steps(self, k: int, gradient_clip_val: float | None) -> None:
+    def execute_steps(self, k: int, gradient_clip_val: float | None, gradient_clip_algorithm: str = "norm") -> None:
         """``trainer.steps_per_execution=k``: each training batch holds k batches (``dgmrun.data.datamodule.Grouped``),
         and this model makes k updates on them, as Lightning's automatic optimization makes one, with the
-        same update index, loss check, gradient clipping (by norm), per-step schedulers and ``after_update``.
+        same update index, loss check, gradient clipping, per-step schedulers and ``after_update``.
         Lightning's cost per batch (hooks, closure, loop bookkeeping) is then paid once per k updates."""
-        self.steps_per_execution, self._gradient_clip_val = k, gradient_clip_val
+        self.steps_per_execution, self._clip = k, (gradient_clip_val, gradient_clip_algorithm)
         self.automatic_optimization = False
         self.training_step = self._execute_group  # the instance's: the class's one-batch step stays callable
 
@@ -417,8 +417,8 @@ class GenerativeModel(pl.LightningModule):
             self.check_finite("train/loss", loss)
             optimizer.zero_grad()
             self.manual_backward(loss)
-            if self._gradient_clip_val is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self._gradient_clip_val, gradient_clip_algorithm="norm")
+            if self._clip[0] is not None:
+                self.clip_gradients(optimizer, *self._clip)
             optimizer.step()
             self.step_schedulers("step")
             self.after_update()

@@ -210,7 +210,8 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], resumed: bool = 
         callbacks = [*callbacks, NetworkSpeedups(**speedups)]
     steps_per_execution = int(trainer_cfg.pop("steps_per_execution", 1))
     if steps_per_execution > 1:
-        callbacks = [*callbacks, StepsPerExecution(steps_per_execution, trainer_cfg.pop("gradient_clip_val", None))]
+        callbacks = [*callbacks, StepsPerExecution(steps_per_execution, trainer_cfg.pop("gradient_clip_val", None),
+                                                     trainer_cfg.pop("gradient_clip_algorithm", None) or "norm")]
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks = [*callbacks, progress_bar()]
     try:
